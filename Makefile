@@ -1,0 +1,41 @@
+# paynorm: `make demo` runs the whole job on a local cluster, `make test` runs the test suite.
+# Every target sets up what it needs, idempotently (venv, packages, PostgreSQL + wal2json, cluster).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install postgres demo test clean dev-up dev-down lint help
+
+help:
+	@echo "make demo   - local cluster, sample lake, the pipeline, a summary"
+	@echo "make test   - the test suite against real PostgreSQL clusters it starts itself"
+	@echo "make install, make dev-up, make dev-down, make clean"
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+postgres:
+	@bash scripts/ensure-postgres.sh
+
+dev-up: install postgres
+	$(BIN)/paynorm dev up
+
+dev-down: install
+	$(BIN)/paynorm dev down
+
+demo: install postgres
+	@bash scripts/demo.sh
+
+test: install postgres
+	$(BIN)/python -m pytest -q -rs $(PYTEST_ARGS)
+
+clean:
+	-$(BIN)/paynorm dev down --destroy
+	rm -rf $(VENV) *.egg-info .pytest_cache target logs

@@ -1,0 +1,443 @@
+"""Exactly-once CDC from the lake's slot into the landing table.
+
+Two transports feed one ``Applier``:
+
+* ``StreamTransport`` speaks the streaming replication protocol through psycopg's libpq layer
+  (``START_REPLICATION``, XLogData / keepalive / standby status update messages);
+* ``SqlTransport`` uses ``pg_logical_slot_peek_changes`` bounded by ``upto_lsn`` and
+  ``upto_nchanges`` through a server-side cursor, then ``pg_replication_slot_advance``.
+
+The Applier groups changes by lake transaction (B..C, keyed by ``nextlsn``), drops transactions the
+warehouse already has (``nextlsn <= applied``, a slot may replay after a lake crash), writes each batch
+and the new position in ONE warehouse transaction, and only then lets the transport confirm that
+position to the lake. A huge lake transaction is written in chunks as it arrives (upserts are
+idempotent and LSN-ordered, so a replay of a half-applied transaction is harmless).
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import struct
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import psycopg
+from psycopg import pq, sql
+from psycopg_pool import ConnectionPool
+
+from . import lake as lakemod
+from .lake import ChangeConverter, LakeTable, int_to_lsn, lsn_to_int, parse_message
+from .landing import LandingBatch, tombstone_source, write_batch
+
+log = logging.getLogger(__name__)
+
+_PG_EPOCH = 946684800.0  # 2000-01-01 in Unix time: the replication protocol's clock origin
+
+
+class FenceLost(RuntimeError):
+    """Another consumer owns this slot in the warehouse; we must stop writing."""
+
+
+# -- warehouse state and the single-writer fence ----------------------------------------------------
+
+
+@dataclass
+class ReplicationState:
+    slot_name: str
+    lake_table: str
+    applied_lsn: str
+    snapshot_lsn: str | None
+    snapshot_done: bool
+    snapshot_last_key: str | None
+    snapshot_rows: int
+    owner_token: str | None
+
+
+def load_state(conn: psycopg.Connection, slot: str) -> ReplicationState | None:
+    row = conn.execute(
+        "select slot_name, lake_table, applied_lsn::text, snapshot_lsn::text, snapshot_done, snapshot_last_key,"
+        " snapshot_rows, owner_token from paynorm.replication_state where slot_name = %s",
+        (slot,),
+    ).fetchone()
+    return ReplicationState(*row) if row else None
+
+
+class Fence:
+    """Single writer per slot: a session advisory lock held on a dedicated warehouse connection, plus
+    an owner token on the state row that every apply transaction checks (so a consumer that lost its
+    lock during a warehouse restart cannot keep writing behind a newer one)."""
+
+    def __init__(self, dsn: str, slot: str) -> None:
+        self.dsn = dsn
+        self.slot = slot
+        self.token = uuid.uuid4().hex
+        self.conn: psycopg.Connection | None = None
+
+    def acquire(self) -> None:
+        if self.conn is not None and not self.conn.closed:
+            try:
+                self.conn.execute("select 1")
+                return
+            except psycopg.Error:
+                self.conn.close()
+        self.conn = psycopg.connect(self.dsn, autocommit=True, application_name="paynorm-fence")
+        got = self.conn.execute("select pg_try_advisory_lock(hashtextextended(%s, 0))",
+                                (f"paynorm.replicate:{self.slot}",)).fetchone()
+        if not got or not got[0]:
+            holder = self.conn.execute(
+                "select a.pid, a.client_addr, a.backend_start from pg_locks l join pg_stat_activity a using (pid)"
+                " where l.locktype = 'advisory' and l.objid = (hashtextextended(%s, 0) & 4294967295)::oid"
+                " and l.granted limit 1",
+                (f"paynorm.replicate:{self.slot}",),
+            ).fetchone()
+            self.conn.close()
+            self.conn = None
+            who = f" (warehouse backend pid {holder[0]}, since {holder[2]:%Y-%m-%d %H:%M:%S})" if holder else ""
+            raise FenceLost(f"another paynorm consumer is already replicating slot {self.slot!r}{who}; exiting")
+
+    def claim(self, conn: psycopg.Connection) -> None:
+        conn.execute("update paynorm.replication_state set owner_token = %s, updated_at = now() where slot_name = %s",
+                     (self.token, self.slot))
+
+    def check(self, conn: psycopg.Connection) -> None:
+        """Inside an apply transaction: lock the state row and verify we still own it."""
+        row = conn.execute("select owner_token from paynorm.replication_state where slot_name = %s for update",
+                           (self.slot,)).fetchone()
+        if row is None or row[0] != self.token:
+            raise FenceLost(f"slot {self.slot!r} was taken over by another consumer; stopping")
+
+    def release(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            finally:
+                self.conn = None
+
+
+# -- the apply loop -------------------------------------------------------------------------------
+
+
+@dataclass
+class ApplyStats:
+    changes: int = 0
+    rows_written: int = 0
+    transactions: int = 0
+    skipped_transactions: int = 0
+    flushes: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+class Applier:
+    """Turns a sequence of wal2json v2 objects into committed landing batches, exactly once."""
+
+    def __init__(self, pool: ConnectionPool, fence: Fence, table: LakeTable, state: ReplicationState, *,
+                 source: str, batch_size: int, max_payload_bytes: int,
+                 on_commit: Callable[[int], None] | None = None) -> None:
+        self.pool = pool
+        self.fence = fence
+        self.slot = state.slot_name
+        self.converter = ChangeConverter(table)
+        self.batch = LandingBatch(source, max_payload_bytes)
+        self.batch_size = batch_size
+        self.applied = lsn_to_int(state.applied_lsn)  # end LSN of the last transaction in the warehouse
+        self.complete = self.applied  # end LSN of the last transaction fully buffered
+        self.complete_ts: str | None = None
+        self.txns_buffered = 0
+        self.in_txn = False
+        self.skip = False
+        self.txn_lsn = ""
+        self.txn_xid: int | None = None
+        self.txn_ts: str | None = None
+        self.on_commit = on_commit
+        self.stats = ApplyStats()
+
+    # one wal2json object
+    def feed(self, obj: dict[str, Any]) -> None:
+        action = obj["action"]
+        if action == "B":
+            self.in_txn = True
+            self.txn_lsn = obj["nextlsn"]
+            self.txn_xid = obj.get("xid")
+            self.txn_ts = obj.get("timestamp")
+            self.skip = lsn_to_int(self.txn_lsn) <= self.applied
+            if self.skip:
+                self.stats.skipped_transactions += 1
+        elif action == "C":
+            self.in_txn = False
+            if not self.skip:
+                self.complete = max(self.complete, lsn_to_int(obj["nextlsn"]))
+                self.complete_ts = obj.get("timestamp")
+                self.txns_buffered += 1
+        elif action in ("I", "U", "D"):
+            if self.skip:
+                return
+            self.stats.changes += 1
+            for row in self.converter.convert(obj, self.txn_lsn, self.txn_xid, self.txn_ts):
+                self.batch.add(row)
+            if len(self.batch) >= self.batch_size:
+                self.flush()
+        elif action == "T":
+            if self.skip:
+                return
+            self.stats.changes += 1
+            self.flush()
+            self._commit(lambda conn: tombstone_source(conn, self.batch.source, before_lsn=self.txn_lsn, op="T",
+                                                        xid=self.txn_xid, committed_at=self.txn_ts, inclusive=True))
+        # "M" (logical messages) and anything else: nothing to land
+
+    def flush(self) -> None:
+        """Commit what is buffered, with the position of the last complete transaction."""
+        if not self.batch.rows and self.complete <= self.applied:
+            return
+        self._commit(lambda conn: write_batch(conn, self.batch))
+
+    def _commit(self, work: Callable[[psycopg.Connection], int]) -> None:
+        new_applied = self.complete
+        with self.pool.connection() as conn:
+            with conn.transaction():
+                self.fence.check(conn)
+                written = work(conn)
+                if new_applied > self.applied:
+                    conn.execute(
+                        "update paynorm.replication_state set applied_lsn = %s::pg_lsn,"
+                        " rows_applied = rows_applied + %s, last_commit_at = coalesce(%s::timestamptz, last_commit_at),"
+                        " updated_at = now() where slot_name = %s",
+                        (int_to_lsn(new_applied), written, self.complete_ts, self.slot),
+                    )
+        self.stats.rows_written += written
+        self.stats.flushes += 1
+        self.stats.transactions += self.txns_buffered
+        self.txns_buffered = 0
+        self.batch.clear()
+        if new_applied > self.applied:
+            self.applied = new_applied
+        if self.on_commit is not None:
+            self.on_commit(self.applied)
+
+    def record_confirmed(self, lsn: int) -> None:
+        """Remember the position last confirmed to the lake (for `paynorm status`)."""
+        with self.pool.connection() as conn:
+            conn.execute("update paynorm.replication_state set confirmed_lsn = %s::pg_lsn, updated_at = now()"
+                         " where slot_name = %s", (int_to_lsn(lsn), self.slot))
+
+
+# -- transports -----------------------------------------------------------------------------------
+
+
+class StreamTransport:
+    """The streaming replication protocol over psycopg's libpq layer."""
+
+    def __init__(self, dsn: str, slot: str, options: list[str], status_interval: float = 10.0) -> None:
+        self.dsn = dsn
+        self.slot = slot
+        self.options = options
+        self.status_interval = status_interval
+        self.pgconn: pq.abc.PGconn | None = None
+        self.confirmed = 0
+        self.last_status = 0.0
+        self.server_wal_end = 0
+
+    def open(self, start_lsn: int) -> int:
+        """Connect, START_REPLICATION at ``start_lsn``; the lake's flush position at start."""
+        conninfo = lakemod.lake_conninfo(self.dsn, replication=True)
+        pgconn = pq.PGconn.connect(conninfo.encode())
+        if pgconn.status != pq.ConnStatus.OK:
+            msg = pgconn.get_error_message()
+            pgconn.finish()
+            raise psycopg.OperationalError(f"lake replication connection failed: {msg}")
+        self.pgconn = pgconn
+        res = pgconn.exec_(b"IDENTIFY_SYSTEM")
+        if res.status != pq.ExecStatus.TUPLES_OK:
+            raise psycopg.OperationalError(f"IDENTIFY_SYSTEM failed: {pgconn.get_error_message()}")
+        xlogpos = lsn_to_int(res.get_value(0, 2).decode())  # type: ignore[union-attr]
+        opts = sql.SQL(", ").join(
+            sql.SQL("{} {}").format(sql.Identifier(self.options[i]), sql.Literal(self.options[i + 1]))
+            for i in range(0, len(self.options), 2)
+        )
+        cmd = sql.SQL("START_REPLICATION SLOT {} LOGICAL {} ({})").format(
+            sql.Identifier(self.slot), sql.SQL(int_to_lsn(start_lsn)), opts)
+        pgconn.send_query(cmd.as_bytes(None))
+        res = pgconn.get_result()
+        if res is None or res.status != pq.ExecStatus.COPY_BOTH:
+            err = pgconn.get_error_message()
+            self.close()
+            if "is active for PID" in err:
+                raise lakemod.LakeError(f"slot {self.slot!r} is in use by another process on the lake: {err.strip()}")
+            if "does not exist" in err or "can no longer" in err or "invalidated" in err:
+                raise lakemod.SlotLost(f"{err.strip()}; run `paynorm replicate --resnapshot`")
+            raise psycopg.OperationalError(f"START_REPLICATION failed: {err.strip()}")
+        pgconn.nonblocking = 1
+        self.confirmed = start_lsn
+        self.last_status = time.monotonic()
+        return xlogpos
+
+    def close(self) -> None:
+        if self.pgconn is not None:
+            self.pgconn.finish()
+            self.pgconn = None
+
+    def read(self) -> bytes | None:
+        """The next message if one is already here, else None (never blocks)."""
+        assert self.pgconn is not None
+        n, data = self.pgconn.get_copy_data(1)
+        if n > 0:
+            return bytes(data)
+        if n == 0:
+            self.pgconn.consume_input()
+            n, data = self.pgconn.get_copy_data(1)
+            if n > 0:
+                return bytes(data)
+            if n == 0:
+                return None
+        res = self.pgconn.get_result()
+        err = self.pgconn.get_error_message() or (res.error_message if res else b"")
+        raise psycopg.OperationalError(f"replication stream ended: {err!r}")
+
+    def wait(self, timeout: float) -> None:
+        assert self.pgconn is not None
+        select.select([self.pgconn.socket], [], [], timeout)
+
+    def send_status(self, flush_lsn: int, *, reply: bool = False) -> None:
+        assert self.pgconn is not None
+        flush_lsn = max(flush_lsn, self.confirmed)
+        now_us = int((time.time() - _PG_EPOCH) * 1_000_000)
+        msg = struct.pack("!cQQQqB", b"r", flush_lsn, flush_lsn, flush_lsn, now_us, 1 if reply else 0)
+        self.pgconn.put_copy_data(msg)
+        while self.pgconn.flush() == 1:
+            select.select([], [self.pgconn.socket], [], 1.0)
+        self.confirmed = flush_lsn
+        self.last_status = time.monotonic()
+
+    def run(self, applier: Applier, *, once: bool, stop: threading.Event) -> None:
+        """Read and apply until stopped (or, with ``once``, until the lake position at start is reached)."""
+        target = self.open(applier.applied)
+        applier.on_commit = lambda lsn: self.send_status(lsn)
+        log.info("streaming slot %s from %s%s", self.slot, int_to_lsn(applier.applied),
+                 f" up to {int_to_lsn(target)}" if once else "")
+        last_ping = 0.0
+        while not stop.is_set():
+            msg = self.read()
+            if msg is None:
+                # Nothing buffered: a natural batch boundary. Commit what we have, then wait.
+                if not applier.in_txn and (applier.batch.rows or applier.complete > applier.applied):
+                    applier.flush()
+                if once and not applier.in_txn and not applier.batch.rows and (
+                        applier.applied >= target or self.server_wal_end >= target):
+                    break
+                now = time.monotonic()
+                if once and now - last_ping > 0.2:
+                    self.send_status(applier.applied, reply=True)  # ask for a keepalive: where is the sender?
+                    last_ping = now
+                elif now - self.last_status > self.status_interval:
+                    self.send_status(applier.applied if applier.in_txn else max(applier.applied, self.confirmed))
+                self.wait(0.2 if once else 1.0)
+                continue
+            kind = msg[:1]
+            if kind == b"w":
+                applier.feed(parse_message(memoryview(msg)[25:]))
+            elif kind == b"k":
+                wal_end, _, reply = struct.unpack_from("!Qq?", msg, 1)
+                self._keepalive(applier, wal_end, reply)
+            if once and not applier.in_txn and (applier.complete >= target or self.server_wal_end >= target):
+                break  # drained to the position the lake had when we started, even if writes go on
+        # stopping or drained: commit what is in flight (a partial lake transaction is safe to commit)
+        applier.flush()
+        self.send_status(applier.applied)
+        self.close()
+
+    def _keepalive(self, applier: Applier, wal_end: int, reply: bool) -> None:
+        self.server_wal_end = max(self.server_wal_end, wal_end)
+        if applier.in_txn:
+            if reply:
+                self.send_status(applier.applied)
+            return
+        # Every change sent before this keepalive has been received; once committed, the lake may
+        # forget WAL up to wal_end even if none of it was ours (idle table on a busy instance).
+        applier.flush()
+        if wal_end > self.confirmed:
+            self.send_status(max(applier.applied, wal_end))
+            if time.monotonic() - getattr(self, "_last_record", 0.0) > self.status_interval:
+                applier.record_confirmed(self.confirmed)
+                self._last_record = time.monotonic()
+        elif reply:
+            self.send_status(applier.applied)
+
+
+class SqlTransport:
+    """``pg_logical_slot_peek_changes`` + ``pg_replication_slot_advance``, for lakes behind proxies."""
+
+    max_growth = 64
+
+    def __init__(self, dsn: str, slot: str, options: list[str], *, batch_size: int, interval: float) -> None:
+        self.dsn = dsn
+        self.slot = slot
+        self.options = options
+        self.batch_size = batch_size
+        self.interval = interval
+        self.conn: psycopg.Connection | None = None
+
+    def _advance(self, lsn: int) -> None:
+        assert self.conn is not None
+        self.conn.execute("select pg_replication_slot_advance(%s, %s::pg_lsn)", (self.slot, int_to_lsn(lsn)))
+
+    def _peek(self, applier: Applier, bound: str, nchanges: int, stop: threading.Event) -> tuple[int, bool]:
+        """Apply one bounded peek through a server-side cursor; (rows read, stopped early)."""
+        assert self.conn is not None
+        n = 0
+        with self.conn.transaction():
+            with self.conn.cursor(name="paynorm_peek") as cur:
+                cur.itersize = 5000
+                cur.execute("select data from pg_logical_slot_peek_changes(%s, %s::pg_lsn, %s, variadic %s::text[])",
+                            (self.slot, bound, nchanges, self.options))
+                for (data,) in cur:
+                    n += 1
+                    applier.feed(parse_message(data))
+                    if stop.is_set():
+                        applier.flush()
+                        return n, True
+        applier.flush()
+        return n, False
+
+    def run(self, applier: Applier, *, once: bool, stop: threading.Event) -> None:
+        self.conn = lakemod.connect(self.dsn)
+        try:
+            self._run(applier, once=once, stop=stop)
+        finally:
+            self.conn.close()
+            self.conn = None
+
+    def _run(self, applier: Applier, *, once: bool, stop: threading.Event) -> None:
+        assert self.conn is not None
+        lakemod.check_slot(self.conn, self.slot)
+        nchanges = self.batch_size
+        target = lakemod.current_lsn(self.conn) if once else None
+        prev_bound: int | None = None
+        log.info("peeking slot %s from %s%s", self.slot, int_to_lsn(applier.applied),
+                 f" up to {target}" if target else "")
+        while not stop.is_set():
+            bound = target if (once and prev_bound is None) else lakemod.current_lsn(self.conn)
+            assert bound is not None
+            n, stopped = self._peek(applier, bound, nchanges, stop)
+            if applier.applied:
+                self._advance(applier.applied)
+            if stopped:
+                break
+            if n >= nchanges:  # more backlog: fewer, larger peeks keep re-decoding from restart_lsn rare
+                nchanges = min(nchanges * 2, self.batch_size * self.max_growth)
+                continue
+            nchanges = self.batch_size
+            # The peek reached its bound. Advance the slot to the PREVIOUS bound only: a commit
+            # record straddling a bound may not have been flushed when it was read.
+            if prev_bound is not None and prev_bound > applier.applied:
+                self._advance(prev_bound)
+                applier.record_confirmed(prev_bound)
+            if once and prev_bound is not None:
+                break
+            prev_bound = lsn_to_int(bound)
+            if once:
+                continue  # one more short peek, then the start position is safe to confirm
+            stop.wait(self.interval)

@@ -1,0 +1,269 @@
+"""The `paynorm` command line: parses options, configures logging, calls the library."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .settings import Settings, load_dotenv
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname.lower(),
+               "logger": record.name, "msg": record.getMessage()}
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def _configure_logging(fmt: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("psycopg.pool").setLevel(logging.WARNING)
+
+
+def _stop_on_signals() -> threading.Event:
+    """SIGTERM/SIGINT ask the running job to finish the batch in flight, commit and exit 0."""
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: object) -> None:
+        logging.getLogger("paynorm").info("%s received: finishing the batch in flight",
+                                          signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="paynorm")
+@click.option("--log-format", type=click.Choice(["human", "json"]), default=None,
+              help="Log format (env PAYNORM_LOG_FORMAT, default human).")
+@click.option("--log-level", default=None, help="Log level (env PAYNORM_LOG_LEVEL, default INFO).")
+@click.option("--env-file", default=".env", show_default=True, help="Optional KEY=VALUE file read first.")
+@click.pass_context
+def cli(ctx: click.Context, log_format: str | None, log_level: str | None, env_file: str) -> None:
+    """paynorm: land a PostgreSQL payment lake in a warehouse exactly once, and normalize it.
+
+    \b
+    Example:
+        paynorm dev up && source .paynorm/env
+        paynorm replicate --once
+        paynorm status
+    """
+    load_dotenv(env_file)
+    settings = Settings()
+    _configure_logging(log_format or settings.log_format, log_level or settings.log_level)
+    ctx.obj = settings
+
+
+# -- dev cluster ----------------------------------------------------------------------------------
+
+
+@cli.group()
+def dev() -> None:
+    """A local PostgreSQL cluster owned by the project (lake + warehouse databases).
+
+    \b
+    Example:
+        paynorm dev up      # initdb + start under .paynorm/, writes .paynorm/env
+        source .paynorm/env
+    """
+
+
+@dev.command("up")
+@click.pass_obj
+def dev_up(settings: Settings) -> None:
+    """Create (once) and start the local cluster; print the DSNs and write them to .paynorm/env.
+
+    \b
+    Example:
+        paynorm dev up && source .paynorm/env
+    """
+    from . import devdb
+
+    try:
+        env = devdb.dev_up(settings.home)
+    except devdb.DevDBError as e:
+        raise click.ClickException(str(e)) from e
+    for key, value in env.items():
+        click.echo(f"export {key}={value}")
+
+
+@dev.command("down")
+@click.option("--destroy", is_flag=True, help="Also delete the cluster's files.")
+@click.pass_obj
+def dev_down(settings: Settings, destroy: bool) -> None:
+    """Stop the local cluster (and with --destroy, delete it).
+
+    \b
+    Example:
+        paynorm dev down --destroy
+    """
+    from . import devdb
+
+    devdb.dev_down(settings.home, destroy=destroy)
+    click.echo("stopped" + (" and destroyed" if destroy else ""))
+
+
+@dev.command("status")
+@click.pass_obj
+def dev_status(settings: Settings) -> None:
+    """Say whether the local cluster exists and runs, and where.
+
+    \b
+    Example:
+        paynorm dev status
+    """
+    from . import devdb
+
+    click.echo(devdb.dev_status(settings.home))
+
+
+@dev.command("seed")
+@click.option("--count", default=0, show_default=True, help="Extra generated records besides the brief's samples.")
+@click.pass_obj
+def dev_seed(settings: Settings, count: int) -> None:
+    """Insert the brief's sample records (and optionally COUNT generated ones) into the local lake.
+
+    \b
+    Example:
+        paynorm dev seed --count 1000
+    """
+    from . import devdb
+
+    n = devdb.seed_lake(settings.home, extra=count)
+    click.echo(f"inserted {n} records into the lake")
+
+
+# -- warehouse and consumer -----------------------------------------------------------------------
+
+
+def _need(settings: Settings, *which: str) -> None:
+    missing = [name for name, attr in (("DATALAKE_DATABASE_URL", "lake_dsn"), ("DATABASE_URL", "warehouse_dsn"))
+               if attr in which and not getattr(settings, attr)]
+    if missing:
+        raise click.ClickException(f"set {' and '.join(missing)} (or run `paynorm dev up` and source .paynorm/env)")
+
+
+@cli.command()
+@click.pass_obj
+def init(settings: Settings) -> None:
+    """Create the warehouse schemas (paynorm, raw) and the landing table; idempotent.
+
+    \b
+    Example:
+        paynorm init
+    """
+    import psycopg
+
+    from .landing import init_warehouse
+
+    _need(settings, "warehouse_dsn")
+    with psycopg.connect(settings.warehouse_dsn, autocommit=True) as conn:
+        init_warehouse(conn)
+    click.echo("warehouse ready: schemas paynorm, raw; table raw.lake_transactions")
+
+
+@cli.command()
+@click.option("--once", is_flag=True, default=None, help="Drain to the lake's current position, then exit 0 (env RUN_ONCE).")
+@click.option("--transport", type=click.Choice(["stream", "sql"]), default=None,
+              help="stream: replication protocol (default, env PAYNORM_TRANSPORT); sql: peek + advance.")
+@click.option("--batch-size", type=int, default=None, help="Changes per warehouse commit (env PAYNORM_BATCH_SIZE, 10000).")
+@click.option("--interval", type=float, default=None, help="Seconds between polls (env POLL_INTERVAL_SECONDS, 5).")
+@click.option("--slot", default=None, help="Replication slot on the lake (env PAYNORM_SLOT, paynorm).")
+@click.option("--table", default=None, help="Lake table (env PAYNORM_LAKE_TABLE, public.raw_transactions).")
+@click.option("--payload-column", default=None, help="Lake column holding the payload (default: data, transaction_data).")
+@click.option("--resnapshot", is_flag=True, help="Drop and recreate the slot, then copy the table again.")
+@click.pass_obj
+def replicate(settings: Settings, once: bool | None, transport: str | None, batch_size: int | None,
+              interval: float | None, slot: str | None, table: str | None, payload_column: str | None,
+              resnapshot: bool) -> None:
+    """Tail the lake table by logical replication (wal2json) into raw.lake_transactions, exactly once.
+
+    The first run creates the slot and snapshots the existing rows; later runs resume from the
+    position stored in the warehouse. SIGTERM/SIGINT finish the batch in flight and exit 0.
+    Exit codes: 0 ok, 2 slot lost (use --resnapshot), 3 another consumer holds the slot, 4 configuration.
+
+    \b
+    Example:
+        paynorm replicate --once                   # cron: drain and exit
+        paynorm replicate --transport sql --interval 2
+    """
+    from .replicate import replicate as run
+
+    for attr, value in (("transport", transport), ("batch_size", batch_size), ("interval", interval),
+                        ("slot", slot), ("table", table), ("payload_column", payload_column)):
+        if value is not None:
+            setattr(settings, attr, value)
+    _need(settings, "lake_dsn", "warehouse_dsn")
+    result = run(settings, once=settings.run_once if once is None else once, resnapshot=resnapshot,
+                 stop=_stop_on_signals())
+    if result.exit_code:
+        click.echo(f"error: {result.message}", err=True)
+        sys.exit(result.exit_code)
+
+
+@cli.command()
+@click.option("--slot", default=None, help="Replication slot to check (env PAYNORM_SLOT).")
+@click.option("--table", default=None, help="Lake table to check (env PAYNORM_LAKE_TABLE).")
+@click.pass_obj
+def doctor(settings: Settings, slot: str | None, table: str | None) -> None:
+    """Check every prerequisite and print one actionable line per problem (exit 1 if any).
+
+    \b
+    Example:
+        paynorm doctor
+    """
+    from .doctor import run_checks
+
+    settings.slot = slot or settings.slot
+    settings.table = table or settings.table
+    problems = 0
+    for check in run_checks(settings):
+        mark = "ok  " if check.ok else ("warn" if check.warning else "FAIL")
+        click.echo(f"[{mark}] {check.name}: {check.message}")
+        problems += 0 if (check.ok or check.warning) else 1
+    sys.exit(1 if problems else 0)
+
+
+@cli.command()
+@click.option("--slot", default=None, help="Replication slot (env PAYNORM_SLOT).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def status(settings: Settings, slot: str | None, as_json: bool) -> None:
+    """Slot lag (bytes and seconds), WAL retained, rows landed, last commit seen, snapshot progress.
+
+    \b
+    Example:
+        paynorm status
+    """
+    from .status import collect, render
+
+    settings.slot = slot or settings.slot
+    _need(settings, "warehouse_dsn")
+    info = collect(settings)
+    click.echo(json.dumps(info, indent=2, default=str) if as_json else render(info))
+
+
+def main() -> None:
+    cli(prog_name="paynorm")
+
+
+if __name__ == "__main__":
+    main()

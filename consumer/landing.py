@@ -1,0 +1,213 @@
+"""The landing table ``raw.lake_transactions``: row images in, one set-based upsert out.
+
+Every source (CDC stream, snapshot, poll, files) builds ``LandingRow``s and hands a batch to
+``write_batch`` inside the caller's warehouse transaction, so the data and the source position
+commit together. Upserts are ordered by LSN: an image only replaces one that is not newer, which is
+what lets a snapshot and the stream interleave in any order and a replayed batch do no harm.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from importlib import resources
+from typing import Any, Iterable, Sequence
+
+import psycopg
+from psycopg import sql
+
+from .decode import decode_payload
+
+log = logging.getLogger(__name__)
+
+#: Lake columns tried, in order, as the payload column when none is configured.
+PAYLOAD_COLUMN_CANDIDATES = ("data", "transaction_data", "payload")
+
+_JSON_TYPES = {"json", "jsonb"}
+_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+def init_warehouse(conn: psycopg.Connection) -> None:
+    """Create the paynorm and raw schemas and the landing objects; safe to run at every start."""
+    ddl = resources.files("consumer").joinpath("sql/warehouse.sql").read_text()
+    with conn.transaction():
+        conn.execute("select pg_advisory_xact_lock(hashtextextended('paynorm.init', 0))")
+        conn.execute(ddl)
+
+
+def encode_json_value(value: Any, is_json: bool) -> str:
+    """One lake column value as JSON text, exactly: numbers stay decimal text, jsonb stays as sent.
+
+    wal2json sends json/jsonb columns as strings holding JSON, numbers as bare JSON numbers (parsed
+    here as Decimal), booleans as JSON booleans and everything else as strings.
+    """
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, (int, Decimal)):
+        if isinstance(value, Decimal) and not value.is_finite():
+            return "null"
+        return str(value)
+    if is_json:
+        # jsonb cannot hold \u0000; json columns can. Drop the escape, keep the rest.
+        return _NUL_ESCAPE.sub(r"\1", value) if "\\u0000" in value else value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def encode_text_value(text: str | None, category: str, is_json: bool) -> str:
+    """A column read as ``col::text`` in a snapshot, encoded exactly as ``encode_json_value`` would."""
+    if text is None:
+        return "null"
+    if is_json:
+        return encode_json_value(text, True)
+    if category == "N":  # numeric types: the text output is a valid JSON number unless NaN/Infinity
+        return "null" if text in ("NaN", "Infinity", "-Infinity") else text
+    if category == "B":
+        return "true" if text == "t" else "false"
+    return json.dumps(text, ensure_ascii=False)
+
+
+@dataclass(slots=True)
+class LandingRow:
+    """One change to land. ``columns`` maps column name to encoded JSON text.
+
+    ``partial`` means some columns are missing (an UPDATE without its unchanged TOASTed columns,
+    or a DELETE that only carries the key): the stored image is kept and the new columns merged in.
+    ``payload_raw`` is None when the payload column is not among ``columns``.
+    """
+
+    lake_key: str
+    columns: dict[str, str]
+    op: str
+    lsn: str | None
+    xid: int | None
+    committed_at: str | None
+    partial: bool = False
+    deleted: bool = False
+    payload_raw: str | None = None
+    payload_is_json: bool = True
+    has_payload: bool = False
+
+
+class LandingBatch:
+    """Changes buffered for one warehouse transaction, deduplicated by lake key in arrival order."""
+
+    def __init__(self, source: str, max_payload_bytes: int = 1024 * 1024) -> None:
+        self.source = source
+        self.max_payload_bytes = max_payload_bytes
+        self.rows: dict[str, LandingRow] = {}
+        self.changes = 0
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def add(self, row: LandingRow) -> None:
+        """Add a change; a partial change for a key already buffered merges into it."""
+        self.changes += 1
+        prev = self.rows.get(row.lake_key)
+        if prev is not None and row.partial and not row.deleted and not prev.deleted:
+            prev.columns.update(row.columns)
+            if row.has_payload:
+                prev.payload_raw, prev.has_payload = row.payload_raw, True
+                prev.payload_is_json = row.payload_is_json
+            prev.op, prev.lsn, prev.xid, prev.committed_at = row.op, row.lsn, row.xid, row.committed_at
+            return
+        if prev is not None:
+            if row.deleted and not prev.deleted:  # a tombstone keeps the last image seen
+                row.columns = {**prev.columns, **row.columns}
+                row.payload_raw, row.has_payload = prev.payload_raw, prev.has_payload
+                row.payload_is_json = prev.payload_is_json
+                row.partial = prev.partial
+            del self.rows[row.lake_key]  # keep arrival order: the key moves to the end
+        self.rows[row.lake_key] = row
+
+    def clear(self) -> None:
+        self.rows.clear()
+        self.changes = 0
+
+
+_TEMP_DDL = """
+create temp table if not exists _paynorm_landing (
+    lake_key text, row_data text, partial boolean, has_payload boolean, payload text,
+    payload_format text, decode_error text, shape_key text, op text, deleted boolean,
+    lake_lsn text, lake_xid bigint, committed_at text
+) on commit delete rows
+"""
+
+_UPSERT = """
+insert into raw.lake_transactions as t (
+    lake_key, row_data, payload, payload_format, decode_error, shape_key, op, deleted, source,
+    lake_lsn, lake_xid, committed_at, loaded_at, load_seq)
+select s.lake_key,
+       case when s.partial then coalesce(w.row_data, '{}'::jsonb) || s.row_data::jsonb
+            else s.row_data::jsonb end,
+       case when s.has_payload then s.payload::jsonb else w.payload end,
+       case when s.has_payload then s.payload_format else coalesce(w.payload_format, 'empty') end,
+       case when s.has_payload then s.decode_error
+            when w.lake_key is null and not s.deleted
+                then 'payload column missing from the change (unchanged TOAST) and no earlier image'
+            else w.decode_error end,
+       case when s.has_payload then s.shape_key else w.shape_key end,
+       s.op, s.deleted, %(source)s, s.lake_lsn::pg_lsn, s.lake_xid, s.committed_at::timestamptz,
+       clock_timestamp(), nextval('raw.load_seq')
+from _paynorm_landing s
+left join raw.lake_transactions w on w.lake_key = s.lake_key
+on conflict (lake_key) do update set
+    row_data = excluded.row_data, payload = excluded.payload, payload_format = excluded.payload_format,
+    decode_error = excluded.decode_error, shape_key = excluded.shape_key, op = excluded.op,
+    deleted = excluded.deleted, source = excluded.source, lake_lsn = excluded.lake_lsn,
+    lake_xid = excluded.lake_xid, committed_at = excluded.committed_at,
+    loaded_at = excluded.loaded_at, load_seq = excluded.load_seq
+where t.lake_lsn is null or excluded.lake_lsn is null or excluded.lake_lsn >= t.lake_lsn
+"""
+
+_COPY = (
+    "copy _paynorm_landing (lake_key, row_data, partial, has_payload, payload, payload_format, "
+    "decode_error, shape_key, op, deleted, lake_lsn, lake_xid, committed_at) from stdin"
+)
+
+
+def _row_json(columns: dict[str, str]) -> str:
+    return "{" + ",".join(f"{json.dumps(k)}:{v}" for k, v in columns.items()) + "}"
+
+
+def _records(batch: LandingBatch) -> Iterable[Sequence[Any]]:
+    for r in batch.rows.values():
+        payload = fmt = err = shape = None
+        if r.has_payload:
+            d = decode_payload(r.payload_raw, is_json=r.payload_is_json, max_bytes=batch.max_payload_bytes)
+            payload, fmt, err, shape = d.payload, d.payload_format, d.decode_error, d.shape_key
+        yield (r.lake_key, _row_json(r.columns), r.partial, r.has_payload, payload, fmt, err, shape,
+               r.op, r.deleted, r.lsn, r.xid, r.committed_at)
+
+
+def write_batch(conn: psycopg.Connection, batch: LandingBatch) -> int:
+    """Upsert the batch into the landing table, inside the caller's transaction; rows written."""
+    if not batch.rows:
+        return 0
+    conn.execute(_TEMP_DDL)
+    with conn.cursor() as cur:
+        with cur.copy(_COPY) as copy:
+            for rec in _records(batch):
+                copy.write_row(rec)
+        cur.execute(_UPSERT, {"source": batch.source})
+        return cur.rowcount
+
+
+def tombstone_source(conn: psycopg.Connection, source: str, *, before_lsn: str, op: str,
+                     xid: int | None = None, committed_at: str | None = None, inclusive: bool = False) -> int:
+    """Mark deleted every live row of ``source`` older than ``before_lsn`` (TRUNCATE, re-snapshot)."""
+    query = sql.SQL(
+        "update raw.lake_transactions set deleted = true, op = %(op)s, lake_lsn = %(lsn)s::pg_lsn,"
+        " lake_xid = %(xid)s, committed_at = coalesce(%(ts)s::timestamptz, committed_at),"
+        " loaded_at = clock_timestamp(), load_seq = nextval('raw.load_seq')"
+        " where source = %(source)s and not deleted and lake_lsn {cmp} %(lsn)s::pg_lsn"
+    ).format(cmp=sql.SQL("<=" if inclusive else "<"))
+    cur = conn.execute(query, {"op": op, "lsn": before_lsn, "xid": xid, "ts": committed_at, "source": source})
+    return cur.rowcount

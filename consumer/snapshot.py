@@ -1,0 +1,142 @@
+"""The initial (or recovery) copy of the lake table, in keyset chunks tagged with the slot's start.
+
+Every snapshot row carries the slot's consistent point L0 as its LSN; the stream only carries
+transactions that end after L0, and landing upserts keep the newest image, so the snapshot and the
+stream converge whatever order they arrive in. The keyset cursor is saved with each chunk, so an
+interrupted snapshot resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from .cdc import Fence, ReplicationState
+from .lake import LakeTable
+from .landing import LandingBatch, LandingRow, encode_text_value, tombstone_source, write_batch
+
+log = logging.getLogger(__name__)
+
+
+class Progress:
+    """A one-line progress bar on stderr, only when stderr is a terminal."""
+
+    def __init__(self, total: int | None, label: str = "snapshot") -> None:
+        self.total = total
+        self.label = label
+        self.enabled = sys.stderr.isatty()
+        self.start = time.monotonic()
+
+    def update(self, done: int) -> None:
+        if not self.enabled:
+            return
+        rate = done / max(time.monotonic() - self.start, 1e-6)
+        if self.total:
+            pct = min(done / self.total, 1.0)
+            bar = "#" * int(pct * 30)
+            sys.stderr.write(f"\r{self.label} [{bar:<30}] {done:,}/{self.total:,} rows {rate:,.0f}/s")
+        else:
+            sys.stderr.write(f"\r{self.label} {done:,} rows {rate:,.0f}/s")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def _select_chunk(table: LakeTable, has_cursor: bool) -> sql.Composed:
+    pk = [sql.Identifier(c) for c in table.pk]
+    cols = [sql.SQL("{}::text").format(sql.Identifier(c.name)) for c in table.columns]
+    keys = [sql.SQL("{}::text").format(p) for p in pk]
+    query = sql.SQL("select {keys}, {cols} from {table}").format(
+        keys=sql.SQL(", ").join(keys), cols=sql.SQL(", ").join(cols), table=table.ident)
+    if has_cursor:
+        casts = [sql.SQL("%s::{}").format(sql.Identifier(nsp, typ)) for nsp, typ in table.pk_types]
+        query += sql.SQL(" where ({}) > ({})").format(sql.SQL(", ").join(pk), sql.SQL(", ").join(casts))
+    return query + sql.SQL(" order by {} limit %s").format(sql.SQL(", ").join(pk))
+
+
+def _rows(table: LakeTable, records: list[tuple[Any, ...]], lsn: str) -> list[LandingRow]:
+    npk = len(table.pk)
+    out = []
+    for rec in records:
+        key = table.lake_key(list(rec[:npk]))
+        columns: dict[str, str] = {}
+        payload_raw = None
+        payload_is_json = True
+        for col, text in zip(table.columns, rec[npk:]):
+            columns[col.name] = encode_text_value(text, col.category, col.is_json)
+            if col.name == table.payload_column:
+                payload_raw, payload_is_json = text, col.is_json
+        out.append(LandingRow(key, columns, "S", lsn, None, None, payload_raw=payload_raw,
+                              payload_is_json=payload_is_json, has_payload=table.payload_column is not None))
+    return out
+
+
+def run_snapshot(lake_conn: psycopg.Connection, pool: ConnectionPool, fence: Fence, table: LakeTable,
+                 state: ReplicationState, *, source: str, chunk: int, max_payload_bytes: int,
+                 stop: threading.Event) -> bool:
+    """Copy the table (resuming at the saved cursor); True when complete, False when stopped."""
+    assert state.snapshot_lsn is not None
+    lsn = state.snapshot_lsn
+    total_row = lake_conn.execute(
+        sql.SQL("select greatest(reltuples, 0)::bigint from pg_class where oid = {}::regclass").format(
+            sql.Literal(table.qualified))).fetchone()
+    total = int(total_row[0]) if total_row and total_row[0] else None
+    if total is None or total < 1_000_000:
+        total = lake_conn.execute(sql.SQL("select count(*) from {}").format(table.ident)).fetchone()[0]  # type: ignore[index]
+    with pool.connection() as conn:
+        conn.execute("update paynorm.replication_state set snapshot_total = %s where slot_name = %s",
+                     (total, state.slot_name))
+    cursor = json.loads(state.snapshot_last_key) if state.snapshot_last_key else None
+    done = state.snapshot_rows
+    progress = Progress(total)
+    log.info("snapshot of %s at %s: %s rows%s", table.qualified, lsn, f"{total:,}" if total else "?",
+             f", resuming after {done:,}" if cursor else "")
+    batch = LandingBatch(source, max_payload_bytes)
+    try:
+        while not stop.is_set():
+            query = _select_chunk(table, cursor is not None)
+            params = [*(cursor or []), chunk]
+            records = lake_conn.execute(query, params).fetchall()
+            if not records:
+                break
+            batch.clear()
+            for row in _rows(table, records, lsn):
+                batch.add(row)
+            cursor = [str(v) for v in records[-1][: len(table.pk)]]
+            done += len(records)
+            with pool.connection() as conn:
+                with conn.transaction():
+                    fence.check(conn)
+                    write_batch(conn, batch)
+                    conn.execute(
+                        "update paynorm.replication_state set snapshot_last_key = %s, snapshot_rows = %s,"
+                        " updated_at = now() where slot_name = %s",
+                        (json.dumps(cursor), done, state.slot_name))
+            progress.update(done)
+            if len(records) < chunk:
+                break
+    finally:
+        progress.close()
+    if stop.is_set():
+        log.info("snapshot interrupted after %s rows; it resumes at the next start", f"{done:,}")
+        return False
+    with pool.connection() as conn:
+        with conn.transaction():
+            fence.check(conn)
+            # Rows landed before this snapshot that it did not see were deleted while we were not looking.
+            gone = tombstone_source(conn, source, before_lsn=lsn, op="S")
+            conn.execute(
+                "update paynorm.replication_state set snapshot_done = true, snapshot_last_key = null,"
+                " snapshot_rows = %s, updated_at = now() where slot_name = %s", (done, state.slot_name))
+    log.info("snapshot done: %s rows landed%s", f"{done:,}", f", {gone:,} stale rows tombstoned" if gone else "")
+    return True

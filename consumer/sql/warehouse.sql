@@ -1,0 +1,46 @@
+-- paynorm warehouse objects owned by the consumer. Idempotent: `paynorm init` runs it every time.
+create schema if not exists paynorm;
+create schema if not exists raw;
+
+-- Taken at every write of a landing row; dbt incremental models pick up rows by load_seq.
+create sequence if not exists raw.load_seq;
+
+-- The landing contract: one row per lake row (latest image), keyed by the lake primary key.
+create table if not exists raw.lake_transactions (
+    lake_key        text primary key,
+    row_data        jsonb,
+    payload         jsonb,
+    payload_format  text not null
+        check (payload_format in ('json', 'xml', 'csv', 'nvp', 'text', 'empty')),
+    decode_error    text,
+    shape_key       text,
+    op              char(1) not null check (op in ('I', 'U', 'D', 'T', 'S', 'P', 'F')),
+    deleted         boolean not null default false,
+    source          text not null,
+    lake_lsn        pg_lsn,
+    lake_xid        bigint,
+    committed_at    timestamptz,
+    loaded_at       timestamptz not null default clock_timestamp(),
+    load_seq        bigint not null default nextval('raw.load_seq')
+);
+create index if not exists lake_transactions_load_seq on raw.lake_transactions (load_seq);
+create index if not exists lake_transactions_shape_key on raw.lake_transactions (shape_key);
+comment on table raw.lake_transactions is
+    'paynorm landing: one row per lake row, latest image; written only by paynorm sources.';
+
+-- Position of each CDC slot in the warehouse, written in the same transaction as the data it covers.
+create table if not exists paynorm.replication_state (
+    slot_name          text primary key,
+    lake_table         text not null,
+    applied_lsn        pg_lsn not null,          -- end LSN (C.nextlsn) of the last applied lake transaction
+    confirmed_lsn      pg_lsn,                   -- last position confirmed to the lake
+    snapshot_lsn       pg_lsn,                   -- the slot's consistent point when the snapshot started
+    snapshot_done      boolean not null default false,
+    snapshot_last_key  text,                     -- keyset cursor of an unfinished snapshot
+    snapshot_rows      bigint not null default 0,
+    snapshot_total     bigint,
+    rows_applied       bigint not null default 0,
+    last_commit_at     timestamptz,              -- lake commit time of the last applied transaction
+    owner_token        text,                     -- fencing nonce of the consumer that holds the slot
+    updated_at         timestamptz not null default now()
+);
