@@ -17,7 +17,9 @@ idempotent and LSN-ordered, so a replay of a half-applied transaction is harmles
 from __future__ import annotations
 
 import logging
+import os
 import select
+import signal
 import struct
 import threading
 import time
@@ -36,6 +38,24 @@ from .landing import LandingBatch, tombstone_source, write_batch
 log = logging.getLogger(__name__)
 
 _PG_EPOCH = 946684800.0  # 2000-01-01 in Unix time: the replication protocol's clock origin
+
+
+def _crashpoints() -> dict[str, int]:
+    """Fault injection for the crash tests: PAYNORM_CRASHPOINT=after_commit:3 kills the process
+    (SIGKILL, no cleanup) the 3rd time it reaches that point. Unset in production."""
+    spec = os.environ.get("PAYNORM_CRASHPOINT", "")
+    name, _, count = spec.partition(":")
+    return {name: int(count or 1)} if name else {}
+
+
+_CRASH = _crashpoints()
+
+
+def crashpoint(name: str) -> None:
+    if name in _CRASH:
+        _CRASH[name] -= 1
+        if _CRASH[name] <= 0:
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 class FenceLost(RuntimeError):
@@ -208,6 +228,8 @@ class Applier:
                         " updated_at = now() where slot_name = %s",
                         (int_to_lsn(new_applied), written, self.complete_ts, self.slot),
                     )
+                crashpoint("before_commit")
+        crashpoint("after_commit")  # the warehouse has the data; the lake has not been told yet
         self.stats.rows_written += written
         self.stats.flushes += 1
         self.stats.transactions += self.txns_buffered
@@ -260,10 +282,18 @@ class StreamTransport:
         )
         cmd = sql.SQL("START_REPLICATION SLOT {} LOGICAL {} ({})").format(
             sql.Identifier(self.slot), sql.SQL(int_to_lsn(start_lsn)), opts)
-        pgconn.send_query(cmd.as_bytes(None))
-        res = pgconn.get_result()
-        if res is None or res.status != pq.ExecStatus.COPY_BOTH:
+        for attempt in range(50):
+            pgconn.send_query(cmd.as_bytes(None))
+            res = pgconn.get_result()
+            if res is not None and res.status == pq.ExecStatus.COPY_BOTH:
+                break
             err = pgconn.get_error_message()
+            while pgconn.get_result() is not None:
+                pass
+            if "is active for PID" not in err or attempt == 49:
+                break
+            time.sleep(0.2)  # a previous session of ours may still be releasing the slot
+        if res is None or res.status != pq.ExecStatus.COPY_BOTH:
             self.close()
             if "is active for PID" in err:
                 raise lakemod.LakeError(f"slot {self.slot!r} is in use by another process on the lake: {err.strip()}")
@@ -275,10 +305,30 @@ class StreamTransport:
         self.last_status = time.monotonic()
         return xlogpos
 
-    def close(self) -> None:
-        if self.pgconn is not None:
-            self.pgconn.finish()
-            self.pgconn = None
+    def close(self, graceful: bool = False) -> None:
+        """End the stream; gracefully = CopyDone and wait for the lake to release the slot."""
+        pgconn, self.pgconn = self.pgconn, None
+        if pgconn is None:
+            return
+        if graceful and pgconn.status == pq.ConnStatus.OK:
+            try:
+                pgconn.put_copy_end()
+                pgconn.flush()
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline:
+                    pgconn.consume_input()
+                    n, _ = pgconn.get_copy_data(1)
+                    if n == -1:
+                        break
+                    if n == 0:
+                        select.select([pgconn.socket], [], [], 0.1)
+                    elif n < -1:
+                        break
+                while time.monotonic() < deadline and not pgconn.is_busy() and pgconn.get_result() is not None:
+                    pass
+            except psycopg.Error:
+                pass
+        pgconn.finish()
 
     def read(self) -> bytes | None:
         """The next message if one is already here, else None (never blocks)."""
@@ -319,35 +369,38 @@ class StreamTransport:
         log.info("streaming slot %s from %s%s", self.slot, int_to_lsn(applier.applied),
                  f" up to {int_to_lsn(target)}" if once else "")
         last_ping = 0.0
-        while not stop.is_set():
-            msg = self.read()
-            if msg is None:
-                # Nothing buffered: a natural batch boundary. Commit what we have, then wait.
-                if not applier.in_txn and (applier.batch.rows or applier.complete > applier.applied):
-                    applier.flush()
-                if once and not applier.in_txn and not applier.batch.rows and (
-                        applier.applied >= target or self.server_wal_end >= target):
-                    break
-                now = time.monotonic()
-                if once and now - last_ping > 0.2:
-                    self.send_status(applier.applied, reply=True)  # ask for a keepalive: where is the sender?
-                    last_ping = now
-                elif now - self.last_status > self.status_interval:
-                    self.send_status(applier.applied if applier.in_txn else max(applier.applied, self.confirmed))
-                self.wait(0.2 if once else 1.0)
-                continue
-            kind = msg[:1]
-            if kind == b"w":
-                applier.feed(parse_message(memoryview(msg)[25:]))
-            elif kind == b"k":
-                wal_end, _, reply = struct.unpack_from("!Qq?", msg, 1)
-                self._keepalive(applier, wal_end, reply)
-            if once and not applier.in_txn and (applier.complete >= target or self.server_wal_end >= target):
-                break  # drained to the position the lake had when we started, even if writes go on
-        # stopping or drained: commit what is in flight (a partial lake transaction is safe to commit)
-        applier.flush()
-        self.send_status(applier.applied)
-        self.close()
+        try:
+            while not stop.is_set():
+                msg = self.read()
+                if msg is None:
+                    # Nothing buffered: a natural batch boundary. Commit what we have, then wait.
+                    if not applier.in_txn and (applier.batch.rows or applier.complete > applier.applied):
+                        applier.flush()
+                    if once and not applier.in_txn and not applier.batch.rows and (
+                            applier.applied >= target or self.server_wal_end >= target):
+                        break
+                    now = time.monotonic()
+                    if once and now - last_ping > 0.2:
+                        self.send_status(applier.applied, reply=True)  # ask for a keepalive: where is the sender?
+                        last_ping = now
+                    elif now - self.last_status > self.status_interval:
+                        self.send_status(applier.applied if applier.in_txn else max(applier.applied, self.confirmed))
+                    self.wait(0.2 if once else 1.0)
+                    continue
+                kind = msg[:1]
+                if kind == b"w":
+                    applier.feed(parse_message(memoryview(msg)[25:]))
+                elif kind == b"k":
+                    wal_end, _, reply = struct.unpack_from("!Qq?", msg, 1)
+                    self._keepalive(applier, wal_end, reply)
+                if once and not applier.in_txn and (applier.complete >= target or self.server_wal_end >= target):
+                    break  # drained to the position the lake had when we started, even if writes go on
+            # stopping or drained: commit what is in flight (a partial lake transaction is safe to commit)
+            applier.flush()
+            self.send_status(applier.applied)
+            self.close(graceful=True)
+        finally:
+            self.close()
 
     def _keepalive(self, applier: Applier, wal_end: int, reply: bool) -> None:
         self.server_wal_end = max(self.server_wal_end, wal_end)

@@ -172,12 +172,14 @@ def init(settings: Settings) -> None:
     """
     import psycopg
 
+    from . import mappings
     from .landing import init_warehouse
 
     _need(settings, "warehouse_dsn")
     with psycopg.connect(settings.warehouse_dsn, autocommit=True) as conn:
         init_warehouse(conn)
-    click.echo("warehouse ready: schemas paynorm, raw; table raw.lake_transactions")
+        mappings.ensure_schema(conn)
+    click.echo("warehouse ready: schemas paynorm, raw; tables raw.lake_transactions, paynorm.mappings")
 
 
 @cli.command()
@@ -259,6 +261,165 @@ def status(settings: Settings, slot: str | None, as_json: bool) -> None:
     _need(settings, "warehouse_dsn")
     info = collect(settings)
     click.echo(json.dumps(info, indent=2, default=str) if as_json else render(info))
+
+
+# -- normalization --------------------------------------------------------------------------------
+
+
+@cli.group("mappings")
+def mappings_group() -> None:
+    """Mapping rules: YAML files in mappings/, loaded into paynorm.mappings, compiled to SQL by dbt.
+
+    \b
+    Example:
+        paynorm mappings validate && paynorm mappings sync && paynorm mappings list
+    """
+
+
+@mappings_group.command("validate")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default=None,
+              help="Folder of rule files (default: the repo's mappings/).")
+@click.option("--offline", is_flag=True, help="Schema checks only; do not compile paths in PostgreSQL.")
+@click.pass_obj
+def mappings_validate(settings: Settings, directory: str | None, offline: bool) -> None:
+    """Check every rule file against the schema and compile its paths in PostgreSQL (exit 1 on errors).
+
+    \b
+    Example:
+        paynorm mappings validate
+    """
+    import psycopg
+
+    from . import mappings
+
+    directory = directory or str(mappings.DEFAULT_DIR)
+    if offline or not settings.warehouse_dsn:
+        problems = mappings.validate_files(directory)
+    else:
+        with psycopg.connect(settings.warehouse_dsn, autocommit=True) as conn:
+            problems = mappings.validate_files(directory, conn=conn)
+    bad = {f: errs for f, errs in problems.items() if errs}
+    for f, errs in bad.items():
+        for err in errs:
+            click.echo(f"{f}: {err}")
+    click.echo(f"{len(bad)} invalid rule file(s)" if bad else "all rule files valid")
+    sys.exit(1 if bad else 0)
+
+
+@mappings_group.command("sync")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default=None,
+              help="Folder of rule files (default: the repo's mappings/).")
+@click.option("--prune", is_flag=True, help="Reject built-in rules whose file is gone.")
+@click.pass_obj
+def mappings_sync(settings: Settings, directory: str | None, prune: bool) -> None:
+    """Load mappings/*.yml into paynorm.mappings, refusing invalid rules with the reason.
+
+    \b
+    Example:
+        paynorm mappings sync
+    """
+    import psycopg
+
+    from . import mappings
+
+    _need(settings, "warehouse_dsn")
+    with psycopg.connect(settings.warehouse_dsn, autocommit=True) as conn:
+        mappings.ensure_schema(conn)
+        result = mappings.sync(conn, directory or mappings.DEFAULT_DIR, prune=prune)
+    for rid, errs in sorted(result.refused.items()):
+        click.echo(f"refused {rid}: {'; '.join(errs)}")
+    click.echo(result.summary())
+    sys.exit(0 if result.ok else 1)
+
+
+@mappings_group.command("list")
+@click.option("--status", type=click.Choice(["active", "proposed", "rejected"]), default=None)
+@click.option("--origin", type=click.Choice(["builtin", "llm", "user"]), default=None)
+@click.pass_obj
+def mappings_list(settings: Settings, status: str | None, origin: str | None) -> None:
+    """List rules in match order (priority, then id).
+
+    \b
+    Example:
+        paynorm mappings list --status active
+    """
+    import psycopg
+
+    from . import mappings
+
+    _need(settings, "warehouse_dsn")
+    with psycopg.connect(settings.warehouse_dsn, autocommit=True) as conn:
+        mappings.ensure_schema(conn)
+        rules = mappings.list_rules(conn, status=status, origin=origin)
+    click.echo(f"{'id':<40} {'provider':<16} {'prio':>4} {'status':<9} {'origin':<8} formats")
+    for r in rules:
+        click.echo(f"{r['id']:<40} {str(r['provider'] or '-'):<16} {r['priority']:>4} {r['status']:<9} "
+                   f"{r['origin']:<8} {','.join(r['formats'] or [])}")
+    click.echo(f"{len(rules)} rule(s)")
+
+
+@mappings_group.command("show")
+@click.argument("rule_id")
+@click.pass_obj
+def mappings_show(settings: Settings, rule_id: str) -> None:
+    """Print one rule as YAML, with its status and origin.
+
+    \b
+    Example:
+        paynorm mappings show stripe_charge
+    """
+    import psycopg
+
+    from . import mappings
+
+    _need(settings, "warehouse_dsn")
+    with psycopg.connect(settings.warehouse_dsn, autocommit=True) as conn:
+        mappings.ensure_schema(conn)
+        row = mappings.get_rule(conn, rule_id)
+    if row is None:
+        raise click.ClickException(f"no rule {rule_id!r} (run `paynorm mappings sync`)")
+    click.echo(f"# status: {row['status']}, origin: {row['origin']}, hash: {row['rule_hash']}")
+    click.echo(mappings.rule_to_yaml(row["rule"]))
+
+
+@cli.command()
+@click.option("--select", "select", multiple=True, help="dbt selector (repeatable), e.g. marts.")
+@click.option("--full-refresh", is_flag=True, help="Rebuild incremental models from scratch.")
+@click.option("--no-sync", is_flag=True, help="Do not sync mappings/*.yml before building.")
+@click.pass_obj
+def transform(settings: Settings, select: tuple[str, ...], full_refresh: bool, no_sync: bool) -> None:
+    """Sync the mapping rules and run `dbt build` in-process (profile built from DATABASE_URL).
+
+    \b
+    Example:
+        paynorm transform
+        paynorm transform --select marts --full-refresh
+    """
+    from . import transform as tf
+
+    _need(settings, "warehouse_dsn")
+    try:
+        result = tf.transform(settings.warehouse_dsn, home=settings.home, select=list(select) or None,
+                              full_refresh=full_refresh, sync_rules=not no_sync)
+    except tf.TransformError as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(result.summary())
+    sys.exit(0 if result.success else 1)
+
+
+@cli.command()
+@click.pass_obj
+def summary(settings: Settings) -> None:
+    """A short report of the marts: events per provider and status, approval rate, quarantine reasons.
+
+    \b
+    Example:
+        paynorm summary
+    """
+    from .report import render_summary
+
+    _need(settings, "warehouse_dsn")
+    click.echo(render_summary(settings.warehouse_dsn))
 
 
 def main() -> None:

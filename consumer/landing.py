@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 PAYLOAD_COLUMN_CANDIDATES = ("data", "transaction_data", "payload")
 
 _JSON_TYPES = {"json", "jsonb"}
+_quote = json.encoder.encode_basestring  # the C string encoder behind json.dumps, without its overhead
+_key_cache: dict[str, str] = {}
 _NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 
 
@@ -57,7 +59,7 @@ def encode_json_value(value: Any, is_json: bool) -> str:
     if is_json:
         # jsonb cannot hold \u0000; json columns can. Drop the escape, keep the rest.
         return _NUL_ESCAPE.sub(r"\1", value) if "\\u0000" in value else value
-    return json.dumps(value, ensure_ascii=False)
+    return _quote(value)
 
 
 def encode_text_value(text: str | None, category: str, is_json: bool) -> str:
@@ -69,8 +71,8 @@ def encode_text_value(text: str | None, category: str, is_json: bool) -> str:
     if category == "N":  # numeric types: the text output is a valid JSON number unless NaN/Infinity
         return "null" if text in ("NaN", "Infinity", "-Infinity") else text
     if category == "B":
-        return "true" if text == "t" else "false"
-    return json.dumps(text, ensure_ascii=False)
+        return "true" if text in ("t", "true") else "false"
+    return _quote(text)
 
 
 @dataclass(slots=True)
@@ -157,7 +159,13 @@ select s.lake_key,
        s.op, s.deleted, %(source)s, s.lake_lsn::pg_lsn, s.lake_xid, s.committed_at::timestamptz,
        clock_timestamp(), nextval('raw.load_seq')
 from _paynorm_landing s
-left join raw.lake_transactions w on w.lake_key = s.lake_key
+-- The stored image is only needed to merge partial changes; a lateral index probe keeps the
+-- planner from scanning the whole landing table for a temp table it has no statistics on.
+left join lateral (
+    select w.lake_key, w.row_data, w.payload, w.payload_format, w.decode_error, w.shape_key
+    from raw.lake_transactions w
+    where w.lake_key = s.lake_key and (s.partial or not s.has_payload)
+) w on true
 on conflict (lake_key) do update set
     row_data = excluded.row_data, payload = excluded.payload, payload_format = excluded.payload_format,
     decode_error = excluded.decode_error, shape_key = excluded.shape_key, op = excluded.op,
@@ -174,7 +182,13 @@ _COPY = (
 
 
 def _row_json(columns: dict[str, str]) -> str:
-    return "{" + ",".join(f"{json.dumps(k)}:{v}" for k, v in columns.items()) + "}"
+    parts = []
+    for k, v in columns.items():
+        qk = _key_cache.get(k)
+        if qk is None:
+            qk = _key_cache[k] = _quote(k) + ":"
+        parts.append(qk + v)
+    return "{" + ",".join(parts) + "}"
 
 
 def _records(batch: LandingBatch) -> Iterable[Sequence[Any]]:
@@ -188,16 +202,50 @@ def _records(batch: LandingBatch) -> Iterable[Sequence[Any]]:
 
 
 def write_batch(conn: psycopg.Connection, batch: LandingBatch) -> int:
-    """Upsert the batch into the landing table, inside the caller's transaction; rows written."""
+    """Upsert the batch into the landing table, inside the caller's transaction; rows written.
+
+    If PostgreSQL refuses the batch because of one row's content (a value jsonb cannot hold, JSON
+    nested past the server's stack limit), the rows are retried one by one and each refused row
+    lands as a stub with the reason in ``decode_error``: the stream never stops on a bad row.
+    """
     if not batch.rows:
         return 0
+    records = list(_records(batch))
     conn.execute(_TEMP_DDL)
+    try:
+        with conn.transaction():
+            return _upsert(conn, records, batch.source)
+    except _ROW_ERRORS as e:
+        log.warning("batch refused by the warehouse (%s); landing its rows one by one",
+                    str(e).strip().splitlines()[0])
+    written = 0
+    for rec in records:
+        try:
+            with conn.transaction():
+                written += _upsert(conn, [rec], batch.source, clear=True)
+        except _ROW_ERRORS as e:
+            reason = f"landing refused the row: {str(e).strip().splitlines()[0]}"[:300]
+            log.warning("lake row %s: %s", rec[0], reason)
+            stub = (rec[0], json.dumps({"_paynorm_error": reason}), False, True, None, rec[5] or "text",
+                    reason, None, *rec[8:])
+            with conn.transaction():
+                written += _upsert(conn, [stub], batch.source, clear=True)
+    return written
+
+
+_ROW_ERRORS = (psycopg.errors.DataError, psycopg.errors.ProgramLimitExceeded)
+
+
+def _upsert(conn: psycopg.Connection, records: list[Sequence[Any]], source: str, clear: bool = False) -> int:
     with conn.cursor() as cur:
         with cur.copy(_COPY) as copy:
-            for rec in _records(batch):
+            for rec in records:
                 copy.write_row(rec)
-        cur.execute(_UPSERT, {"source": batch.source})
-        return cur.rowcount
+        cur.execute(_UPSERT, {"source": source})
+        n = cur.rowcount
+        if clear:  # the temp table empties itself at commit; within one transaction, do it by hand
+            cur.execute("delete from _paynorm_landing")
+        return n
 
 
 def tombstone_source(conn: psycopg.Connection, source: str, *, before_lsn: str, op: str,

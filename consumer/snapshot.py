@@ -19,7 +19,7 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from .cdc import Fence, ReplicationState
+from .cdc import Fence, ReplicationState, crashpoint
 from .lake import LakeTable
 from .landing import LandingBatch, LandingRow, encode_text_value, tombstone_source, write_batch
 
@@ -123,6 +123,7 @@ def run_snapshot(lake_conn: psycopg.Connection, pool: ConnectionPool, fence: Fen
                         " updated_at = now() where slot_name = %s",
                         (json.dumps(cursor), done, state.slot_name))
             progress.update(done)
+            crashpoint("snapshot_chunk")
             if len(records) < chunk:
                 break
     finally:

@@ -12,6 +12,10 @@ echo "== replicate: snapshot + stream into the warehouse, exactly once =="
 $BIN/paynorm replicate --once
 echo "== status =="
 $BIN/paynorm status
+echo "== transform: mapping rules compiled to SQL by dbt, marts built =="
+$BIN/paynorm transform
+echo "== summary =="
+$BIN/paynorm summary
 echo
 echo "Connect: psql \"\$DATABASE_URL\"  (after: source .paynorm/env)"
-echo "         select payload_format, count(*) from raw.lake_transactions group by 1;"
+echo "         select * from paynorm_marts.payment_kpis_daily order by day desc limit 20;"

@@ -1,0 +1,414 @@
+"""Mapping rules: load ``mappings/*.yml``, validate them, sync them into ``paynorm.mappings``.
+
+A rule (format in ``mappings/README.md``, JSON Schema in ``mappings/schema.json``) says how one
+payload shape becomes one canonical payment event. dbt macros compile the ACTIVE rules of
+``paynorm.mappings`` into SQL; this module is the only writer of that table besides the LLM step,
+which should call :func:`validate_rule` and :func:`upsert_rule`.
+
+Every function that needs the database takes an open psycopg connection; nothing here opens one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import jsonschema
+import psycopg
+import yaml
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DIR = REPO_ROOT / "mappings"
+SCHEMA_PATH = DEFAULT_DIR / "schema.json"
+
+CANONICAL_RULE_FIELDS = (
+    "transaction_id", "merchant_id", "merchant_name", "merchant_country", "event_type", "status",
+    "provider_status_raw", "decline_category", "response_code_raw", "error_message", "amount",
+    "currency", "payment_method", "card_network", "issuer_country", "latency_ms", "event_at", "is_test",
+)
+STATUSES = ("approved", "declined", "error", "pending", "cancelled", "expired")
+EVENT_TYPES = ("authorization", "capture", "sale", "refund", "void", "chargeback", "verification", "unknown")
+DECLINE_CATEGORIES = (
+    "insufficient_funds", "do_not_honor", "fraud_suspected", "lost_stolen_card", "expired_card",
+    "invalid_card_data", "authentication_failed", "not_permitted", "limit_exceeded", "issuer_unavailable",
+    "processor_error", "merchant_config_error", "other",
+)
+ORIGINS = ("builtin", "llm", "user")
+RULE_STATUSES = ("active", "proposed", "rejected")
+
+
+class MappingError(ValueError):
+    """A rule file cannot be read or a rule is invalid; the message says why."""
+
+
+@dataclass
+class RuleFile:
+    path: Path | None
+    rule: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return str(self.rule.get("id", ""))
+
+
+@dataclass
+class SyncResult:
+    inserted: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    deactivated: list[str] = field(default_factory=list)
+    refused: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.refused
+
+    def summary(self) -> str:
+        parts = [f"{len(self.inserted)} inserted", f"{len(self.updated)} updated",
+                 f"{len(self.unchanged)} unchanged"]
+        if self.deactivated:
+            parts.append(f"{len(self.deactivated)} deactivated")
+        if self.refused:
+            parts.append(f"{len(self.refused)} refused")
+        return ", ".join(parts)
+
+
+# -- reading ------------------------------------------------------------------------------------------
+
+
+def _normalize(rule: Any, where: str = "") -> Any:
+    """YAML quirks: map keys that YAML typed as numbers become text; boolean keys are refused."""
+    if isinstance(rule, dict):
+        out: dict[str, Any] = {}
+        for k, v in rule.items():
+            if isinstance(k, bool):
+                raise MappingError(f"{where}: key {k!r} was read by YAML as a boolean (yes/no/on/off/true/false); "
+                                   f"quote it")
+            if isinstance(k, (int, float)):
+                k = str(k)
+            if k is None:
+                raise MappingError(f"{where}: a null key (~ or empty); quote it")
+            out[str(k)] = _normalize(v, f"{where}.{k}" if where else str(k))
+        return out
+    if isinstance(rule, list):
+        return [_normalize(v, f"{where}[{i}]") for i, v in enumerate(rule)]
+    return rule
+
+
+def parse_rule(text: str, *, name: str = "<rule>") -> dict[str, Any]:
+    """Parse one YAML (or JSON) rule document into a dict with text map keys."""
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise MappingError(f"{name}: not valid YAML: {e}") from e
+    if not isinstance(doc, dict):
+        raise MappingError(f"{name}: a rule must be a mapping (YAML object)")
+    return _normalize(doc, "")
+
+
+def load_rule_files(directory: str | Path = DEFAULT_DIR) -> list[RuleFile]:
+    """Every ``*.yml``/``*.yaml`` rule of ``directory`` (sorted by file name)."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise MappingError(f"mappings directory not found: {d}")
+    files = sorted([*d.glob("*.yml"), *d.glob("*.yaml")])
+    return [RuleFile(p, parse_rule(p.read_text(), name=str(p))) for p in files]
+
+
+def rule_hash(rule: dict[str, Any]) -> str:
+    """Stable hash of a rule's content (canonical JSON: sorted keys, no whitespace)."""
+    canon = json.dumps(rule, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.md5(canon.encode()).hexdigest()
+
+
+def rule_to_yaml(rule: dict[str, Any]) -> str:
+    """A rule as YAML (for export of LLM rules into mappings/)."""
+    return yaml.safe_dump(rule, sort_keys=False, allow_unicode=True, width=120)
+
+
+# -- validation ---------------------------------------------------------------------------------------
+
+
+def load_schema() -> dict[str, Any]:
+    """mappings/schema.json (the rule format's JSON Schema)."""
+    if not SCHEMA_PATH.exists():
+        raise MappingError(f"rule schema not found: {SCHEMA_PATH} (run from a paynorm source checkout)")
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+_VALIDATOR: jsonschema.Draft202012Validator | None = None
+
+
+def _validator() -> jsonschema.Draft202012Validator:
+    global _VALIDATOR
+    if _VALIDATOR is None:
+        _VALIDATOR = jsonschema.Draft202012Validator(load_schema())
+    return _VALIDATOR
+
+
+def _path_of(err: jsonschema.ValidationError) -> str:
+    return "/".join(str(p) for p in err.absolute_path) or "(rule)"
+
+
+def _best_messages(errors: Iterable[jsonschema.ValidationError]) -> list[str]:
+    out = []
+    for err in errors:
+        # oneOf/anyOf errors are unreadable: report the most specific sub-error instead.
+        best = jsonschema.exceptions.best_match([err]) if err.context else err
+        if best.context:
+            best = jsonschema.exceptions.best_match(best.context)
+        msg = best.message
+        if best.validator == "pattern" and str(_path_of(best)).split("/")[-1] in ("match", "when"):
+            msg = (f"{best.instance!r} is not a SQL/JSON path filter expression; write '$ ? (<condition>)' "
+                   "(a bare boolean expression always 'exists')")
+        if best.validator == "oneOf" or err.validator == "oneOf":
+            msg = (f"{msg if len(msg) < 200 else msg[:200] + '...'} "
+                   "(a field takes exactly one of path, row_path, const — or cases with a default)")
+        out.append(f"{_path_of(best)}: {msg}")
+    return out
+
+
+def collect_jsonpaths(rule: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(where, jsonpath, is_predicate) for every SQL/JSON path of a rule."""
+    found: list[tuple[str, str, bool]] = []
+    if isinstance(rule.get("match"), str):
+        found.append(("match", rule["match"], True))
+    prov = rule.get("provider")
+    if isinstance(prov, dict):
+        for key in ("path", "row_path"):
+            if isinstance(prov.get(key), str):
+                found.append((f"provider.{key}", prov[key], False))
+    for name, spec in (rule.get("fields") or {}).items():
+        if not isinstance(spec, dict):
+            continue
+        for key in ("path", "row_path", "exponent_path"):
+            if isinstance(spec.get(key), str):
+                found.append((f"fields.{name}.{key}", spec[key], False))
+        for i, case in enumerate(spec.get("cases") or []):
+            if isinstance(case, dict) and isinstance(case.get("when"), str):
+                found.append((f"fields.{name}.cases[{i}].when", case["when"], True))
+    return found
+
+
+def collect_regexes(rule: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(f"fields.{n}.regex", s["regex"]) for n, s in (rule.get("fields") or {}).items()
+            if isinstance(s, dict) and isinstance(s.get("regex"), str)]
+
+
+def validate_rule(rule: dict[str, Any], conn: psycopg.Connection | None = None) -> list[str]:
+    """Problems of one rule (empty list = valid).
+
+    Without a connection: JSON Schema, canonical field names, enum values. With one, also: every
+    jsonpath compiles in PostgreSQL, `match`/`when` are filter expressions, regexes compile.
+    """
+    errors: list[str] = []
+    fields = rule.get("fields")
+    if isinstance(fields, dict):
+        for name in fields:
+            if name not in CANONICAL_RULE_FIELDS:
+                errors.append(f"fields/{name}: not a canonical field a rule can set "
+                              f"(allowed: {', '.join(CANONICAL_RULE_FIELDS)})")
+    schema_errors = sorted(_validator().iter_errors(rule), key=lambda e: list(map(str, e.absolute_path)))
+    for msg in _best_messages(schema_errors):
+        if msg.startswith("fields: Additional properties") and any(e.startswith("fields/") for e in errors):
+            continue  # already reported above, with the list of canonical fields
+        errors.append(msg)
+    if conn is not None and not errors:
+        errors.extend(check_sql(rule, conn))
+    return errors
+
+
+def check_sql(rule: dict[str, Any], conn: psycopg.Connection) -> list[str]:
+    """Compile the rule's jsonpaths and regexes in PostgreSQL (inside savepoints: harmless)."""
+    errors: list[str] = []
+    for where, path, is_predicate in collect_jsonpaths(rule):
+        try:
+            with conn.transaction():
+                row = conn.execute("select jsonb_typeof(jsonb_path_query_first('{}'::jsonb, %s::jsonpath))",
+                                   (path,)).fetchone()
+        except psycopg.Error as e:
+            errors.append(f"{where}: jsonpath {path!r} does not compile in PostgreSQL: "
+                          f"{(e.diag.message_primary or str(e)).strip()}")
+            continue
+        if is_predicate and row and row[0] == "boolean":
+            errors.append(f"{where}: {path!r} is a boolean expression, which always exists; "
+                          f"write a filter such as '$ ? (<condition>)'")
+    for where, rx in collect_regexes(rule):
+        try:
+            with conn.transaction():
+                conn.execute("select '' ~ %s", (rx,))
+        except psycopg.Error as e:
+            errors.append(f"{where}: regex {rx!r} does not compile in PostgreSQL: "
+                          f"{(e.diag.message_primary or str(e)).strip()}")
+    return errors
+
+
+def validate_files(directory: str | Path = DEFAULT_DIR,
+                   conn: psycopg.Connection | None = None) -> dict[str, list[str]]:
+    """Problems per rule file of ``directory`` (key: file name); only files with problems appear."""
+    problems: dict[str, list[str]] = {}
+    seen: dict[str, str] = {}
+    d = Path(directory)
+    for p in sorted([*d.glob("*.yml"), *d.glob("*.yaml")]):
+        try:
+            rule = parse_rule(p.read_text(), name=p.name)
+        except MappingError as e:
+            problems[p.name] = [str(e)]
+            continue
+        errs = validate_rule(rule, conn)
+        rid = str(rule.get("id", ""))
+        if rid and rid != p.stem:
+            errs.append(f"id {rid!r} differs from the file name {p.stem!r}")
+        if rid in seen:
+            errs.append(f"duplicate id {rid!r} (also in {seen[rid]})")
+        seen.setdefault(rid, p.name)
+        if errs:
+            problems[p.name] = errs
+    return problems
+
+
+# -- database -----------------------------------------------------------------------------------------
+
+
+def ddl() -> str:
+    return (REPO_ROOT / "consumer" / "sql" / "mappings.sql").read_text()
+
+
+def ensure_schema(conn: psycopg.Connection) -> None:
+    """Create paynorm.mappings, paynorm.llm_shapes and the helper functions (idempotent)."""
+    with conn.transaction():
+        conn.execute(ddl())
+
+
+def _provider_const(rule: dict[str, Any]) -> str | None:
+    prov = rule.get("provider")
+    return prov.get("const") if isinstance(prov, dict) else None
+
+
+def upsert_rule(conn: psycopg.Connection, rule: dict[str, Any], *, origin: str = "builtin",
+                status: str | None = None, source_file: str | None = None, model: str | None = None,
+                prompt_hash: str | None = None, validation: dict[str, Any] | None = None,
+                check: bool = True) -> str:
+    """Insert or update one rule; returns 'inserted' | 'updated' | 'unchanged'.
+
+    Raises MappingError (with every reason) when the rule is invalid and ``check`` is true.
+    ``status`` defaults to the rule's own ``status`` key, else 'active'.
+    """
+    if origin not in ORIGINS:
+        raise MappingError(f"origin must be one of {ORIGINS}")
+    if check:
+        errs = validate_rule(rule, conn)
+        if errs:
+            raise MappingError(f"rule {rule.get('id')!r} refused: " + "; ".join(errs))
+    status = status or rule.get("status") or "active"
+    if status not in RULE_STATUSES:
+        raise MappingError(f"status must be one of {RULE_STATUSES}")
+    h = rule_hash(rule)
+    with conn.transaction():
+        cur = conn.execute("select rule_hash, status, origin from paynorm.mappings where id = %s for update",
+                           (rule["id"],)).fetchone()
+        if cur and cur[0] == h and cur[1] == status and cur[2] == origin:
+            return "unchanged"
+        conn.execute(
+            """
+            insert into paynorm.mappings (id, description, provider, formats, match, priority, status, origin,
+                                          rule, rule_hash, source_file, model, prompt_hash, validation)
+            values (%(id)s, %(description)s, %(provider)s, %(formats)s, %(match)s, %(priority)s, %(status)s,
+                    %(origin)s, %(rule)s::jsonb, %(hash)s, %(source_file)s, %(model)s, %(prompt_hash)s,
+                    %(validation)s::jsonb)
+            on conflict (id) do update set
+                description = excluded.description, provider = excluded.provider, formats = excluded.formats,
+                match = excluded.match, priority = excluded.priority, status = excluded.status,
+                origin = excluded.origin, rule = excluded.rule, rule_hash = excluded.rule_hash,
+                source_file = coalesce(excluded.source_file, paynorm.mappings.source_file),
+                model = excluded.model, prompt_hash = excluded.prompt_hash,
+                validation = excluded.validation, updated_at = now()
+            """,
+            {
+                "id": rule["id"], "description": str(rule.get("description", "")).strip(),
+                "provider": _provider_const(rule), "formats": list(rule.get("formats") or []),
+                "match": rule["match"], "priority": int(rule.get("priority", 100)), "status": status,
+                "origin": origin, "rule": json.dumps(rule), "hash": h, "source_file": source_file,
+                "model": model, "prompt_hash": prompt_hash,
+                "validation": json.dumps(validation) if validation is not None else None,
+            },
+        )
+    return "updated" if cur else "inserted"
+
+
+def sync(conn: psycopg.Connection, directory: str | Path = DEFAULT_DIR, *, prune: bool = False) -> SyncResult:
+    """Load every rule file of ``directory`` into paynorm.mappings (origin 'builtin').
+
+    Invalid rules are refused (listed in ``result.refused`` with their reasons) and do not stop the
+    others. ``prune``: builtin rules whose file disappeared are set to 'rejected'.
+    """
+    ensure_schema(conn)
+    result = SyncResult()
+    problems = validate_files(directory, conn)
+    ids: set[str] = set()
+    for p in sorted([*Path(directory).glob("*.yml"), *Path(directory).glob("*.yaml")]):
+        if p.name in problems:
+            result.refused[p.stem] = problems[p.name]
+            continue
+        rule = parse_rule(p.read_text(), name=p.name)
+        ids.add(rule["id"])
+        try:
+            rel = str(p.relative_to(REPO_ROOT)) if p.is_relative_to(REPO_ROOT) else str(p)
+            outcome = upsert_rule(conn, rule, origin="builtin", source_file=rel, check=False)
+        except (MappingError, psycopg.Error) as e:
+            result.refused[rule["id"]] = [str(e)]
+            continue
+        getattr(result, outcome).append(rule["id"])
+    if prune:
+        with conn.transaction():
+            rows = conn.execute(
+                "update paynorm.mappings set status = 'rejected', updated_at = now() "
+                "where origin = 'builtin' and status <> 'rejected' and not (id = any(%s)) returning id",
+                (sorted(ids),),
+            ).fetchall()
+        result.deactivated = [r[0] for r in rows]
+    for rid, errs in result.refused.items():
+        log.warning("mapping rule %s refused: %s", rid, "; ".join(errs))
+    log.info("mappings sync: %s", result.summary())
+    return result
+
+
+def list_rules(conn: psycopg.Connection, *, status: str | None = None,
+               origin: str | None = None) -> list[dict[str, Any]]:
+    """Rules of paynorm.mappings in match order (priority desc, id), without the full rule body."""
+    q = ("select id, provider, formats, priority, status, origin, rule_hash, description, updated_at "
+         "from paynorm.mappings where (%(s)s::text is null or status = %(s)s) "
+         "and (%(o)s::text is null or origin = %(o)s) order by priority desc, id")
+    with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        return list(cur.execute(q, {"s": status, "o": origin}).fetchall())
+
+
+def get_rule(conn: psycopg.Connection, rule_id: str) -> dict[str, Any] | None:
+    """One rule row (including ``rule``, the full document) or None."""
+    with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        return cur.execute("select * from paynorm.mappings where id = %s", (rule_id,)).fetchone()
+
+
+def set_status(conn: psycopg.Connection, rule_id: str, status: str) -> None:
+    """Activate / propose / reject a rule (e.g. `paynorm mappings review`)."""
+    if status not in RULE_STATUSES:
+        raise MappingError(f"status must be one of {RULE_STATUSES}")
+    with conn.transaction():
+        n = conn.execute("update paynorm.mappings set status = %s, updated_at = now() where id = %s",
+                         (status, rule_id)).rowcount
+    if n == 0:
+        raise MappingError(f"no rule {rule_id!r}")
+
+
+def active_ruleset_hash(conn: psycopg.Connection) -> str:
+    """Hash of the active rule set (changes whenever a rule is added, edited, activated or removed)."""
+    row = conn.execute(
+        "select md5(coalesce(string_agg(id || ':' || rule_hash, ',' order by id collate \"C\"), '')) "
+        "from paynorm.mappings where status = 'active'").fetchone()
+    return row[0]

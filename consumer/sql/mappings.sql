@@ -1,0 +1,53 @@
+-- paynorm normalization objects: mapping rules, LLM shape bookkeeping, safe casts used by dbt.
+-- Idempotent: run every time by `paynorm mappings sync` / `paynorm init` / `paynorm transform`.
+create schema if not exists paynorm;
+
+-- One row per mapping rule (mappings/*.yml, LLM proposals, user edits). `rule` is the whole rule as
+-- JSON (the YAML document); dbt compiles the ACTIVE rules into static SQL at execution time.
+create table if not exists paynorm.mappings (
+    id           text primary key check (id ~ '^[a-z0-9_]{3,64}$'),
+    description  text not null default '',
+    provider     text,                                    -- canonical provider when constant (informative)
+    formats      text[] not null,
+    match        text not null,                           -- SQL/JSON path filter on the payload
+    priority     integer not null default 100,
+    status       text not null default 'active' check (status in ('active', 'proposed', 'rejected')),
+    origin       text not null default 'builtin' check (origin in ('builtin', 'llm', 'user')),
+    rule         jsonb not null,                          -- the full rule document
+    rule_hash    text not null,                           -- md5 of the canonical JSON of `rule`
+    source_file  text,                                    -- mappings/<id>.yml for builtin rules
+    model        text,                                    -- LLM model that proposed it (origin llm)
+    prompt_hash  text,                                    -- hash of the prompt (origin llm)
+    validation   jsonb,                                   -- validation report (errors, per-shape checks)
+    created_at   timestamptz not null default now(),
+    updated_at   timestamptz not null default now()
+);
+create index if not exists mappings_active on paynorm.mappings (priority desc, id) where status = 'active';
+comment on table paynorm.mappings is
+    'paynorm mapping rules (one payload shape -> canonical payment event); see mappings/README.md.';
+
+-- Shapes the LLM step has tried. Rows with no rule whose shape is absent here are "pending LLM".
+create table if not exists paynorm.llm_shapes (
+    shape_key    text primary key,
+    status       text not null check (status in ('mapped', 'unmappable', 'failed')),
+    mapping_id   text,
+    attempts     integer not null default 1,
+    last_error   text,
+    tried_at     timestamptz not null default now()
+);
+
+-- ISO 8601 text -> timestamptz, NULL when unparseable (PostgreSQL 15 has no pg_input_is_valid).
+-- No offset means UTC, whatever the session time zone.
+create or replace function paynorm.try_timestamptz(v text) returns timestamptz
+language plpgsql stable parallel safe as $$
+begin
+    if v is null or v !~ '^\s*\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?\s*(Z|z|[+-]\d{2}(:?\d{2})?)?\s*$' then
+        return null;
+    end if;
+    if v ~ '(Z|z|[+-]\d{2}(:?\d{2})?)\s*$' and v ~ '[T ]\d{2}:\d{2}' then
+        return v::timestamptz;
+    end if;
+    return v::timestamp at time zone 'UTC';
+exception when others then
+    return null;
+end $$;

@@ -1,0 +1,24 @@
+{#- Rows of `relation` (staged columns + mapping_id) that no active rule matched:
+    decode errors and empty payloads -> quarantine decode_error; shapes the LLM step has not tried
+    -> pending; tried and unmappable -> quarantine llm_unmappable; tried otherwise -> quarantine no_rule. -#}
+{% macro paynorm_classify_unmatched(relation) -%}
+select
+    u.lake_key,
+    u.load_seq,
+    ls.status as llm_shape_status,
+    case
+        when u.decode_error is not null or u.payload is null or u.payload_format = 'empty' then 'quarantine'
+        when ls.status is null then 'pending'
+        else 'quarantine'
+    end as outcome,
+    case
+        when u.decode_error is not null or u.payload is null or u.payload_format = 'empty' then 'decode_error'
+        when ls.status is null then null
+        when ls.status = 'unmappable' then 'llm_unmappable'
+        else 'no_rule'
+    end as reason
+from {{ relation }} as u
+left join {{ source('paynorm', 'llm_shapes') }} as ls
+    on ls.shape_key = u.shape_key
+where u.mapping_id is null
+{%- endmacro %}

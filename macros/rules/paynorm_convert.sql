@@ -1,0 +1,188 @@
+{#- Generic conversions of extracted rows (relation = output of paynorm_extract, or a mock of it):
+    amount units and exponents (provider deviations, then ISO 4217), currency alpha/numeric, country
+    alpha-2/alpha-3/numeric, status vocabulary, decline-code seed, timestamps, string booleans,
+    latency. Adds `invalid_reason` (unmapped_status | bad_amount | unknown_currency) and `outcome`
+    (event | quarantine). Money stays numeric: no float anywhere. -#}
+{% macro paynorm_convert(relation) -%}
+with to_convert as (
+    select * from {{ relation }}
+),
+
+currency_codes as (
+    select currency as code, 'alpha' as kind, currency, exponent from {{ ref('currencies') }}
+    union all
+    select numeric_code, 'numeric', currency, exponent from {{ ref('currencies') }}
+    where numeric_code is not null
+),
+
+country_codes as (
+    select alpha2 as code, 'alpha2' as kind, alpha2 from {{ ref('countries') }}
+    union all
+    select alpha3, 'alpha3', alpha2 from {{ ref('countries') }}
+    union all
+    select numeric_code, 'numeric', alpha2 from {{ ref('countries') }}
+),
+
+prepared as (
+    select
+        e.*,
+        case
+            when e.amount_text is null then null
+            when e.amount_decimal_comma
+                then replace(regexp_replace(btrim(e.amount_text), '[[:space:].'']', '', 'g'), ',', '.')
+            else regexp_replace(btrim(e.amount_text), '^\+', '')
+        end as amount_clean,
+        case
+            when btrim(e.currency_text) ~ '^[0-9]{1,3}$' then lpad(btrim(e.currency_text), 3, '0')
+            else upper(btrim(e.currency_text))
+        end as currency_key,
+        case
+            when btrim(e.issuer_country_text) ~ '^[0-9]{1,3}$' then lpad(btrim(e.issuer_country_text), 3, '0')
+            else upper(btrim(e.issuer_country_text))
+        end as issuer_country_key,
+        case
+            when btrim(e.merchant_country_text) ~ '^[0-9]{1,3}$' then lpad(btrim(e.merchant_country_text), 3, '0')
+            else upper(btrim(e.merchant_country_text))
+        end as merchant_country_key,
+        lower(btrim(e.status_token)) as status_key,
+        coalesce(e.decline_code, e.response_code_raw) as decline_lookup_code,
+        lower(btrim(e.is_test_text)) as is_test_key,
+        btrim(e.event_at_text) as event_at_clean,
+        btrim(e.latency_text) as latency_clean
+    from to_convert as e
+),
+
+looked_up as (
+    select
+        p.*,
+        cur.currency as currency_iso,
+        cur.exponent as iso_exponent,
+        pce.exponent as provider_exponent,
+        ic.alpha2 as issuer_country_iso,
+        mc.alpha2 as merchant_country_iso,
+        coalesce(svp.status, svg.status) as status_vocabulary,
+        coalesce(dcp.decline_category, dci.decline_category) as decline_category_seed,
+        case when p.amount_clean ~ '^-?[0-9]{1,24}(\.[0-9]{1,12})?$' then p.amount_clean::numeric end as amount_num,
+        case when btrim(p.amount_exponent_text) ~ '^[0-9]$' then btrim(p.amount_exponent_text)::integer end
+            as payload_exponent
+    from prepared as p
+    left join currency_codes as cur
+        on cur.code = p.currency_key
+    left join {{ ref('provider_currency_exponents') }} as pce
+        on pce.provider = p.provider and pce.currency = cur.currency
+    left join country_codes as ic
+        on ic.code = p.issuer_country_key
+        and (p.issuer_country_mode = 'auto' or ic.kind = p.issuer_country_mode)
+    left join country_codes as mc
+        on mc.code = p.merchant_country_key
+        and (p.merchant_country_mode = 'auto' or mc.kind = p.merchant_country_mode)
+    left join {{ ref('status_vocabulary') }} as svp
+        on p.status_use_vocabulary and svp.provider = p.provider and svp.token = p.status_key
+    left join {{ ref('status_vocabulary') }} as svg
+        on p.status_use_vocabulary and svg.provider = '*' and svg.token = p.status_key
+    left join {{ ref('decline_codes') }} as dcp
+        on dcp.provider = p.provider and dcp.code = p.decline_lookup_code
+    left join {{ ref('decline_codes') }} as dci
+        on dci.provider = 'iso8583' and dci.code = p.decline_lookup_code
+),
+
+amounts as (
+    select
+        l.*,
+        case when l.amount_absolute then abs(l.amount_num) else l.amount_num end as amount_value,
+        case
+            when l.amount_unit = 'minor' then coalesce(l.payload_exponent, l.provider_exponent, l.iso_exponent)
+        end as source_exponent
+    from looked_up as l
+),
+
+minor_units as (
+    select
+        a.*,
+        case
+            when a.amount_value is null or a.iso_exponent is null then null
+            when a.amount_unit = 'major' then a.amount_value * power(10::numeric, a.iso_exponent)
+            when a.amount_unit = 'minor' and a.source_exponent is not null
+                then a.amount_value * power(10::numeric, a.iso_exponent - a.source_exponent)
+        end as minor_value
+    from amounts as a
+),
+
+resolved as (
+    select
+        m.*,
+        coalesce(m.status_mapped, m.status_vocabulary, m.status_default) as status_resolved,
+        case
+            when coalesce(m.status_mapped, m.status_vocabulary, m.status_default) is null then 'unmapped_status'
+            when m.amount_text is not null and m.amount_num is null then 'bad_amount'
+            when m.amount_num < 0 and not m.amount_absolute then 'bad_amount'
+            when m.amount_unit = 'minor' and m.amount_exponent_text is not null and m.payload_exponent is null
+                then 'bad_amount'
+            when nullif(btrim(m.currency_text), '') is not null and (m.currency_iso is null or m.iso_exponent is null)
+                then 'unknown_currency'
+            when m.amount_num is not null and m.amount_unit = 'minor' and m.currency_iso is null
+                then 'unknown_currency'
+            when m.minor_value is not null and (m.minor_value <> trunc(m.minor_value) or abs(m.minor_value) >= 1e17)
+                then 'bad_amount'
+        end as invalid_reason
+    from minor_units as m
+)
+
+select
+    r.lake_key,
+    r.load_seq,
+    r.mapping_id,
+    r.rule_hash,
+    r.normalizer,
+    r.llm_model,
+    r.provider,
+    r.transaction_id,
+    r.merchant_id,
+    r.merchant_name,
+    r.merchant_country_iso as merchant_country,
+    coalesce(r.event_type_mapped, r.event_type_default, 'unknown') as event_type,
+    r.status_resolved as status,
+    r.provider_status_raw,
+    case
+        when r.status_resolved in ('declined', 'error')
+            then coalesce(r.decline_category_mapped, r.decline_category_seed, r.decline_category_default, 'other')
+    end as decline_category,
+    r.response_code_raw,
+    r.error_message,
+    case when r.invalid_reason is null then r.minor_value::bigint end as amount_minor,
+    r.currency_iso as currency,
+    r.iso_exponent as currency_exponent,
+    case
+        when r.invalid_reason is not null then null
+        when r.minor_value is not null then round(r.minor_value / power(10::numeric, r.iso_exponent), r.iso_exponent)
+        when r.amount_unit = 'major' then r.amount_value
+    end as amount,
+    r.amount_text as amount_raw,
+    r.payment_method,
+    r.card_network,
+    r.issuer_country_iso as issuer_country,
+    case
+        when r.latency_clean ~ '^[0-9]{1,9}(\.[0-9]{1,6})?$'
+            then round(r.latency_clean::numeric * case when r.latency_unit = 's' then 1000 else 1 end)::bigint
+    end as latency_ms,
+    case r.event_at_format
+        when 'iso' then {{ adapter.quote(var('paynorm_schema')) }}.try_timestamptz(r.event_at_clean)
+        when 'epoch_s' then
+            case when r.event_at_clean ~ '^[0-9]{1,11}(\.[0-9]{1,6})?$'
+                then timestamptz '1970-01-01 00:00:00+00' + (r.event_at_clean || ' seconds')::interval end
+        when 'epoch_ms' then
+            case when r.event_at_clean ~ '^[0-9]{1,14}(\.[0-9]{1,3})?$'
+                then timestamptz '1970-01-01 00:00:00+00' + (r.event_at_clean || ' milliseconds')::interval end
+    end as event_at_parsed,
+    coalesce(
+        case
+            when r.is_test_key in ('true', '1', 'yes', 'y', 't') then not r.is_test_negate
+            when r.is_test_key in ('false', '0', 'no', 'n', 'f') then r.is_test_negate
+        end,
+        r.is_test_default,
+        false
+    ) as is_test,
+    r.invalid_reason,
+    case when r.invalid_reason is null then 'event' else 'quarantine' end as outcome
+from resolved as r
+{%- endmacro %}

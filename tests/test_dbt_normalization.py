@@ -1,0 +1,230 @@
+"""End to end: land every provider fixture, run `paynorm transform` (dbt build), check the marts.
+
+One private cluster and one initial build for the whole module; the incremental tests then build
+again and check what changed. Every canonical field of every event fixture is compared.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Iterator
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from consumer import mappings
+from tests.dbt_fixtures import (CHECKED_COLUMNS, Warehouse, dbt_tmp, land, landing_row, load_fixtures,  # noqa: F401
+                                make_warehouse, marts_schema, intermediate_schema)
+
+FIXTURES = load_fixtures()
+MARTS = marts_schema()
+INTER = intermediate_schema()
+
+
+@pytest.fixture(scope="module")
+def wh(dbt_tmp: Path) -> Iterator[Warehouse]:  # noqa: F811
+    gen = make_warehouse(dbt_tmp)
+    w = next(gen)
+    with w.connect() as conn:
+        land(conn, [landing_row(k, v) for k, v in FIXTURES.items()])
+    res = w.build()
+    assert res.success, res.summary()
+    try:
+        yield w
+    finally:
+        gen.close()
+
+
+def rows(conn: psycopg.Connection, q: str, *a: Any) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return list(cur.execute(q, a).fetchall())
+
+
+def norm(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.timezone.utc).isoformat()
+    return value
+
+
+def outcome_of(conn: psycopg.Connection, key: str) -> tuple[str, str | None, str | None]:
+    ev = rows(conn, f"select mapping_id from {MARTS}.normalized_payment_events where lake_key = %s", key)
+    qu = rows(conn, f"select reason, mapping_id from {MARTS}.normalization_quarantine where lake_key = %s", key)
+    pe = rows(conn, f"select 1 from {MARTS}.normalization_pending where lake_key = %s", key)
+    assert len(ev) + len(qu) + len(pe) == 1, (key, ev, qu, pe)
+    if ev:
+        return "event", None, ev[0]["mapping_id"]
+    if qu:
+        return "quarantine", qu[0]["reason"], qu[0]["mapping_id"]
+    return "pending", None, None
+
+
+@pytest.mark.parametrize("key", sorted(FIXTURES))
+def test_fixture_outcome_and_every_field(wh: Warehouse, key: str) -> None:
+    expected = FIXTURES[key]["expected"]
+    with wh.connect() as conn:
+        outcome, reason, mapping_id = outcome_of(conn, key)
+        assert (outcome, reason, mapping_id) == (expected["outcome"], expected.get("reason"), expected["mapping_id"])
+        if outcome != "event":
+            return
+        missing = [c for c in CHECKED_COLUMNS if c not in expected]
+        assert not missing, f"fixture {key} must state every canonical column; missing {missing}"
+        got = rows(conn, f"select * from {MARTS}.normalized_payment_events where lake_key = %s", key)[0]
+    diffs = {c: (norm(got[c]), expected[c]) for c in CHECKED_COLUMNS if norm(got[c]) != expected[c]}
+    assert not diffs, f"{key}: column: (got, expected) {diffs}"
+
+
+def test_every_fixture_has_a_known_rule() -> None:
+    ids = {rf.id for rf in mappings.load_rule_files()}
+    for key, fx in FIXTURES.items():
+        mid = fx["expected"].get("mapping_id")
+        assert mid is None or mid in ids, (key, mid)
+    # every built-in rule has at least one fixture
+    covered = {fx["expected"].get("mapping_id") for fx in FIXTURES.values()}
+    assert not (ids - covered), f"rules without a fixture: {sorted(ids - covered)}"
+
+
+def test_event_ids_and_money_types(wh: Warehouse) -> None:
+    with wh.connect() as conn:
+        types = dict(conn.execute(
+            "select column_name, data_type from information_schema.columns "
+            "where table_schema = %s and table_name = 'normalized_payment_events'", (MARTS,)).fetchall())
+        assert types["amount"] == "numeric" and types["amount_minor"] == "bigint"
+        assert types["event_id"] == "uuid"
+        assert "double precision" not in types.values() and "real" not in types.values()
+        n, distinct = conn.execute(
+            f"select count(*), count(distinct event_id) from {MARTS}.normalized_payment_events").fetchone()
+        assert n == distinct == sum(1 for f in FIXTURES.values() if f["expected"]["outcome"] == "event")
+
+
+def test_kpis(wh: Warehouse) -> None:
+    with wh.connect() as conn:
+        kp = rows(conn, f"select * from {MARTS}.payment_kpis_daily where provider = 'payu'")
+        # brief_payu_like approved (422.45 USD) and declined (COP), same day/merchant/country
+        assert len(kp) == 1
+        k = kp[0]
+        assert (k["attempts"], k["approved"], k["declined"], k["errors"], k["pending"]) == (2, 1, 1, 0, 0)
+        assert k["approval_rate"] == Decimal("0.5000")
+        assert k["approved_volume_by_currency"] == {"USD": 422.45}
+        assert (k["latency_p50_ms"], k["latency_p95_ms"]) == (95, 741)
+        # test-mode Stripe charge is excluded from KPIs
+        total = conn.execute(f"select sum(attempts) from {MARTS}.payment_kpis_daily where provider = 'stripe'").fetchone()[0]
+        live_stripe = conn.execute(
+            f"select count(*) from {MARTS}.normalized_payment_events where provider = 'stripe' and not is_test "
+            "and event_type in ('authorization', 'sale', 'unknown')").fetchone()[0]
+        assert total == live_stripe and total > 0
+
+
+def _counts(conn: psycopg.Connection) -> dict[str, Any]:
+    return {
+        "events": conn.execute(f"select count(*), max(normalized_at) from {MARTS}.normalized_payment_events").fetchone(),
+        "int": conn.execute(f"select count(*), max(normalized_at) from {INTER}.int_transactions_normalized").fetchone(),
+    }
+
+
+def test_incremental_noop_then_update_then_delete(wh: Warehouse) -> None:
+    with wh.connect() as conn:
+        before = _counts(conn)
+        res = wh.build()
+        assert res.success, res.summary()
+        assert _counts(conn) == before, "a build with no new rows must change nothing"
+        # incremental int model touched zero rows
+        node = [n for n in res.nodes if n.unique_id.endswith("int_transactions_normalized")][0]
+        assert node.rows_affected == 0, node
+
+        # an updated lake row updates its event
+        fx = json.loads(json.dumps(FIXTURES["brief_payu_like__approved"]))
+        fx["raw"]["amount_details"]["value"] = 500.01
+        fx["raw"]["status"] = "DECLINED"
+        land(conn, [landing_row("brief_payu_like__approved", fx)])
+        # an event row becomes quarantined (bad amount) -> it must leave the events
+        fx2 = json.loads(json.dumps(FIXTURES["brief_stripe_abbrev__approved"]))
+        fx2["raw"]["amt"] = "lots"
+        land(conn, [landing_row("brief_stripe_abbrev__approved", fx2)])
+        # a deleted lake row removes its event
+        land(conn, [landing_row("stripe_charge__kwd_three_decimals", FIXTURES["stripe_charge__kwd_three_decimals"])],
+             deleted=True)
+        res = wh.build()
+        assert res.success, res.summary()
+        node = [n for n in res.nodes if n.unique_id.endswith("int_transactions_normalized")][0]
+        assert node.rows_affected == 3, node
+        ev = rows(conn, f"select status, amount, amount_minor from {MARTS}.normalized_payment_events "
+                        "where lake_key = 'brief_payu_like__approved'")
+        assert ev == [{"status": "declined", "amount": Decimal("500.01"), "amount_minor": 50001}]
+        assert outcome_of(conn, "brief_stripe_abbrev__approved") == ("quarantine", "bad_amount", "brief_stripe_abbrev")
+        assert not rows(conn, f"select 1 from {MARTS}.normalized_payment_events "
+                              "where lake_key = 'stripe_charge__kwd_three_decimals'")
+        assert not rows(conn, f"select 1 from {MARTS}.normalization_quarantine "
+                              "where lake_key = 'stripe_charge__kwd_three_decimals'")
+        # restore the fixtures for the other tests (module order is not guaranteed)
+        land(conn, [landing_row(k, FIXTURES[k]) for k in
+                    ("brief_payu_like__approved", "brief_stripe_abbrev__approved", "stripe_charge__kwd_three_decimals")])
+        res = wh.build()
+        assert res.success, res.summary()
+        assert outcome_of(conn, "brief_stripe_abbrev__approved")[0] == "event"
+
+
+def test_new_rule_renormalizes_pending_rows(wh: Warehouse, tmp_path: Path) -> None:
+    key = "pending__unknown_shape"
+    with wh.connect() as conn:
+        assert outcome_of(conn, key) == ("pending", None, None)
+        # the LLM step marks the shape as tried and failed -> quarantine no_rule
+        shape = conn.execute("select shape_key from raw.lake_transactions where lake_key = %s", (key,)).fetchone()[0]
+        conn.execute("insert into paynorm.llm_shapes (shape_key, status) values (%s, 'failed')", (shape,))
+        res = wh.build()
+        assert res.success, res.summary()
+        assert outcome_of(conn, key) == ("quarantine", "no_rule", None)
+        events_before = conn.execute(f"select count(*) from {MARTS}.normalized_payment_events").fetchone()[0]
+
+        # a new active rule for the shape: the quarantined row gets another chance
+        rules_dir = tmp_path / "mappings"
+        shutil.copytree(mappings.DEFAULT_DIR, rules_dir)
+        (rules_dir / "test_foo_bar.yml").write_text(
+            "id: test_foo_bar\n"
+            "description: test-only rule for the {foo, bar} shape\n"
+            "provider: {const: acme}\n"
+            "formats: [json]\n"
+            "match: '$ ? (exists(@.foo) && exists(@.bar.baz))'\n"
+            "fields:\n"
+            "  transaction_id: {path: '$.bar.baz'}\n"
+            "  status: {const: approved}\n"
+            "  amount: {path: '$.foo', unit: minor}\n"
+            "  currency: {const: '978'}\n"
+        )
+        try:
+            res = wh.build(mappings_dir=rules_dir)
+            assert res.success, res.summary()
+            assert outcome_of(conn, key) == ("event", None, "test_foo_bar")
+            ev = rows(conn, f"select provider, transaction_id, amount, amount_minor, currency "
+                            f"from {MARTS}.normalized_payment_events where lake_key = %s", key)[0]
+            assert ev == {"provider": "acme", "transaction_id": "x", "amount": Decimal("0.01"), "amount_minor": 1,
+                          "currency": "EUR"}
+            # rows matched by unchanged rules were not re-normalized
+            assert conn.execute(f"select count(*) from {MARTS}.normalized_payment_events").fetchone()[0] \
+                == events_before + 1
+        finally:
+            conn.execute("delete from paynorm.mappings where id = 'test_foo_bar'")
+            conn.execute("delete from paynorm.llm_shapes where shape_key = %s", (shape,))
+        res = wh.build()
+        assert res.success, res.summary()
+        assert outcome_of(conn, key) == ("pending", None, None)
+
+
+def test_conservation_test_can_fail(wh: Warehouse) -> None:
+    """The dbt conservation test catches a row that is in two places (or none)."""
+    with wh.connect() as conn:
+        res = wh.dbt("test", "--select", "test_name:every_landed_row_placed_once")
+        assert res.success and res.nodes, res.summary()
+        conn.execute(f"delete from {MARTS}.normalized_payment_events where lake_key = 'stripe_charge__succeeded'")
+        try:
+            res = wh.dbt("test", "--select", "test_name:every_landed_row_placed_once")
+            assert not res.success and res.failures, res.summary()
+        finally:
+            res = wh.build(full_refresh=True)
+            assert res.success, res.summary()

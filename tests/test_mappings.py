@@ -1,0 +1,166 @@
+"""Mapping rules: schema, SQL checks, sync into paynorm.mappings, list/show/status."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+import psycopg
+import pytest
+
+from consumer import mappings
+from tests.dbt_fixtures import Warehouse, dbt_tmp, make_warehouse  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def conn(dbt_tmp: Path) -> Iterator[psycopg.Connection]:  # noqa: F811
+    gen = make_warehouse(dbt_tmp, "pg-mappings")
+    w: Warehouse = next(gen)
+    try:
+        with w.connect() as c:
+            yield c
+    finally:
+        gen.close()
+
+
+def stripe() -> dict:
+    return mappings.parse_rule((mappings.DEFAULT_DIR / "stripe_charge.yml").read_text())
+
+
+def test_builtin_rules_are_valid_offline_and_in_postgres(conn: psycopg.Connection) -> None:
+    assert mappings.validate_files() == {}
+    assert mappings.validate_files(conn=conn) == {}
+    assert len(mappings.load_rule_files()) >= 7
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda r: r["fields"].update(foo={"path": "$.x"}), "fields/foo: not a canonical field"),
+    (lambda r: r["fields"]["status"]["map"].update(x="ok"), "fields/status/map/x"),
+    (lambda r: r["fields"].update(event_type={"const": "purchase"}), "fields/event_type/const"),
+    (lambda r: r["fields"].update(decline_category={"const": "bad_luck"}), "fields/decline_category/const"),
+    (lambda r: r.update(match='$.object == "charge"'), "not a SQL/JSON path filter expression"),
+    (lambda r: r.update(id="Bad-Id"), "id:"),
+    (lambda r: r.pop("formats"), "'formats' is a required property"),
+    (lambda r: r["fields"].pop("status"), "'status' is a required property"),
+    (lambda r: r["fields"].update(amount={"path": "$.amount"}), "'unit' is a required property"),
+    (lambda r: r["fields"].update(amount={"path": "$.a", "unit": "cents"}), "fields/amount/unit"),
+    (lambda r: r["fields"].update(currency={"path": "$.a", "const": "usd"}), "exactly one of path"),
+    (lambda r: r["fields"].update(event_at={"path": "$.a", "format": "unix"}), "fields/event_at/format"),
+    (lambda r: r["fields"].update(issuer_country={"path": "$.a", "country": "iso"}), "fields/issuer_country/country"),
+    (lambda r: r.update(formats=["yaml"]), "formats/0"),
+])
+def test_schema_refuses_with_reason(mutate, expected: str) -> None:
+    r = stripe()
+    mutate(r)
+    errors = mappings.validate_rule(r)
+    assert errors and any(expected in e for e in errors), errors
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda r: r.update(match='$ ? (@.object == "charge"'), "match: jsonpath"),
+    (lambda r: r["fields"].update(transaction_id={"path": "$.id["}), "fields.transaction_id.path: jsonpath"),
+    (lambda r: r["fields"]["status"]["cases"][0].update(when='$ ? (@.a ==)'), "fields.status.cases[0].when"),
+    (lambda r: r["fields"].update(response_code_raw={"path": "$.x", "regex": "(("}), "fields.response_code_raw.regex"),
+    (lambda r: r["fields"].update(amount={"path": "$.a", "unit": "minor", "exponent_path": "$$"}), "exponent_path"),
+])
+def test_sql_checks_refuse_with_reason(conn: psycopg.Connection, mutate, expected: str) -> None:
+    r = stripe()
+    mutate(r)
+    assert mappings.validate_rule(r) == [] or expected.startswith("fields.amount")  # schema alone passes
+    errors = mappings.validate_rule(r, conn)
+    assert errors and any(expected in e for e in errors), errors
+
+
+def test_boolean_predicate_refused_by_sql_check(conn: psycopg.Connection) -> None:
+    # passes the schema pattern (has '? ('), but the top level is a boolean expression
+    r = stripe()
+    r["match"] = '$ ? (@.a == 1) == true'
+    errors = mappings.validate_rule(r, conn)
+    assert any("is a boolean expression, which always exists" in e for e in errors), errors
+
+
+def test_yaml_quirks() -> None:
+    r = mappings.parse_rule("id: abc\nfields:\n  status:\n    map: {1: approved, '2': declined}\n")
+    assert r["fields"]["status"]["map"] == {"1": "approved", "2": "declined"}
+    with pytest.raises(mappings.MappingError, match="quote it"):
+        mappings.parse_rule("id: abc\nfields:\n  status:\n    map: {yes: approved}\n")
+
+
+def test_file_level_checks(tmp_path: Path) -> None:
+    shutil.copy(mappings.DEFAULT_DIR / "stripe_charge.yml", tmp_path / "stripe_charge.yml")
+    shutil.copy(mappings.DEFAULT_DIR / "stripe_charge.yml", tmp_path / "other_name.yml")
+    (tmp_path / "broken.yml").write_text("id: [unclosed\n")
+    problems = mappings.validate_files(tmp_path)
+    # files are read in name order: other_name.yml claims the id first, stripe_charge.yml is the duplicate
+    assert set(problems) == {"other_name.yml", "stripe_charge.yml", "broken.yml"}
+    assert any("differs from the file name" in e for e in problems["other_name.yml"])
+    assert any("duplicate id 'stripe_charge' (also in other_name.yml)" in e for e in problems["stripe_charge.yml"])
+    assert any("not valid YAML" in e for e in problems["broken.yml"])
+
+
+def test_sync_list_show_status(conn: psycopg.Connection, tmp_path: Path) -> None:
+    for f in ("stripe_charge.yml", "adyen_payment_response.yml"):
+        shutil.copy(mappings.DEFAULT_DIR / f, tmp_path / f)
+    bad = stripe()
+    bad["id"] = "bad_rule"
+    bad["match"] = '$ ? (@.object == "charge"'
+    (tmp_path / "bad_rule.yml").write_text(mappings.rule_to_yaml(bad))
+
+    res = mappings.sync(conn, tmp_path)
+    assert sorted(res.inserted) == ["adyen_payment_response", "stripe_charge"]
+    assert list(res.refused) == ["bad_rule"] and "does not compile" in res.refused["bad_rule"][0]
+    assert mappings.get_rule(conn, "bad_rule") is None
+    h1 = mappings.active_ruleset_hash(conn)
+
+    res = mappings.sync(conn, tmp_path)
+    assert sorted(res.unchanged) == ["adyen_payment_response", "stripe_charge"] and not res.inserted
+    assert mappings.active_ruleset_hash(conn) == h1
+
+    # an edit is an update and changes the rule set hash
+    r = stripe()
+    r["priority"] = 150
+    (tmp_path / "stripe_charge.yml").write_text(mappings.rule_to_yaml(r))
+    res = mappings.sync(conn, tmp_path)
+    assert res.updated == ["stripe_charge"]
+    h2 = mappings.active_ruleset_hash(conn)
+    assert h2 != h1
+
+    listed = mappings.list_rules(conn)
+    assert [x["id"] for x in listed][:2] == ["stripe_charge", "adyen_payment_response"]  # priority order
+    shown = mappings.get_rule(conn, "stripe_charge")
+    assert shown["rule"]["priority"] == 150 and shown["origin"] == "builtin"
+    assert shown["source_file"].endswith("stripe_charge.yml") and shown["provider"] == "stripe"
+
+    mappings.set_status(conn, "stripe_charge", "proposed")
+    assert [x["id"] for x in mappings.list_rules(conn, status="active")] == ["adyen_payment_response"]
+    assert mappings.active_ruleset_hash(conn) != h2
+    with pytest.raises(mappings.MappingError):
+        mappings.set_status(conn, "nope", "active")
+
+    # prune: a builtin rule whose file disappeared is rejected, not deleted
+    (tmp_path / "adyen_payment_response.yml").unlink()
+    res = mappings.sync(conn, tmp_path, prune=True)
+    assert res.deactivated == ["adyen_payment_response"]
+    assert mappings.get_rule(conn, "adyen_payment_response")["status"] == "rejected"
+
+
+def test_upsert_rule_for_llm_origin(conn: psycopg.Connection) -> None:
+    r = copy.deepcopy(stripe())
+    r["id"] = "llm_example"
+    out = mappings.upsert_rule(conn, r, origin="llm", status="proposed", model="m-1", prompt_hash="abc",
+                               validation={"rows_checked": 3})
+    assert out == "inserted"
+    row = mappings.get_rule(conn, "llm_example")
+    assert (row["origin"], row["status"], row["model"], row["prompt_hash"]) == ("llm", "proposed", "m-1", "abc")
+    assert row["validation"] == {"rows_checked": 3}
+    r["fields"]["nope"] = {"path": "$.x"}
+    with pytest.raises(mappings.MappingError, match="not a canonical field"):
+        mappings.upsert_rule(conn, r, origin="llm")
+
+
+def test_ddl_is_idempotent(conn: psycopg.Connection) -> None:
+    mappings.ensure_schema(conn)
+    mappings.ensure_schema(conn)
+    assert conn.execute("select paynorm.try_timestamptz('2024-02-30T10:00:00Z')").fetchone()[0] is None
