@@ -262,6 +262,7 @@ class StreamTransport:
         self.confirmed = 0
         self.last_status = 0.0
         self.server_wal_end = 0
+        self.last_record = 0.0  # when the confirmed position was last written to the warehouse
 
     def open(self, start_lsn: int) -> int:
         """Connect, START_REPLICATION at ``start_lsn``; the lake's flush position at start."""
@@ -413,9 +414,9 @@ class StreamTransport:
         applier.flush()
         if wal_end > self.confirmed:
             self.send_status(max(applier.applied, wal_end))
-            if time.monotonic() - getattr(self, "_last_record", 0.0) > self.status_interval:
+            if time.monotonic() - self.last_record > self.status_interval:
                 applier.record_confirmed(self.confirmed)
-                self._last_record = time.monotonic()
+                self.last_record = time.monotonic()
         elif reply:
             self.send_status(applier.applied)
 
@@ -432,10 +433,15 @@ class SqlTransport:
         self.batch_size = batch_size
         self.interval = interval
         self.conn: psycopg.Connection | None = None
+        self.confirmed = 0
 
     def _advance(self, lsn: int) -> None:
+        """Confirm ``lsn`` to the lake; the slot refuses to move backwards, so never ask it to."""
         assert self.conn is not None
+        if lsn <= self.confirmed:
+            return
         self.conn.execute("select pg_replication_slot_advance(%s, %s::pg_lsn)", (self.slot, int_to_lsn(lsn)))
+        self.confirmed = lsn
 
     def _peek(self, applier: Applier, bound: str, nchanges: int, stop: threading.Event) -> tuple[int, bool]:
         """Apply one bounded peek through a server-side cursor; (rows read, stopped early)."""
@@ -465,7 +471,8 @@ class SqlTransport:
 
     def _run(self, applier: Applier, *, once: bool, stop: threading.Event) -> None:
         assert self.conn is not None
-        lakemod.check_slot(self.conn, self.slot)
+        info = lakemod.check_slot(self.conn, self.slot)
+        self.confirmed = lsn_to_int(info["confirmed_flush_lsn"])
         nchanges = self.batch_size
         target = lakemod.current_lsn(self.conn) if once else None
         prev_bound: int | None = None
@@ -475,8 +482,7 @@ class SqlTransport:
             bound = target if (once and prev_bound is None) else lakemod.current_lsn(self.conn)
             assert bound is not None
             n, stopped = self._peek(applier, bound, nchanges, stop)
-            if applier.applied:
-                self._advance(applier.applied)
+            self._advance(applier.applied)
             if stopped:
                 break
             if n >= nchanges:  # more backlog: fewer, larger peeks keep re-decoding from restart_lsn rare
@@ -485,7 +491,7 @@ class SqlTransport:
             nchanges = self.batch_size
             # The peek reached its bound. Advance the slot to the PREVIOUS bound only: a commit
             # record straddling a bound may not have been flushed when it was read.
-            if prev_bound is not None and prev_bound > applier.applied:
+            if prev_bound is not None and prev_bound > self.confirmed:
                 self._advance(prev_bound)
                 applier.record_confirmed(prev_bound)
             if once and prev_bound is not None:

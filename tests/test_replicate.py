@@ -240,8 +240,9 @@ def test_idle_table_does_not_pin_wal(env: Env, transport: str) -> None:
         insert_rows(lake, 3)
         lake.execute("create table public.other (id serial primary key, pad text)")
     stop = threading.Event()
-    t = threading.Thread(target=replicate, args=(env.settings(transport=transport, interval=0.2),),
-                         kwargs={"stop": stop})
+    results = []
+    t = threading.Thread(target=lambda: results.append(
+        replicate(env.settings(transport=transport, interval=0.2), stop=stop)))
     t.start()
     try:
         with env.lake_conn() as lake:
@@ -262,6 +263,7 @@ def test_idle_table_does_not_pin_wal(env: Env, transport: str) -> None:
     finally:
         stop.set()
         t.join(timeout=30)
+    assert results and results[0].exit_code == EXIT_OK, results
     assert churned > 50 * 1024 * 1024
     assert retained[1] <= 0, f"slot confirmed position stayed {retained[1]} bytes behind"
     assert retained[0] < 8 * 1024 * 1024, f"slot retains {retained[0]} bytes of WAL"
