@@ -8,6 +8,15 @@
   {%- set status = f.status -%}
   {%- set is_test = f.is_test if f.is_test is defined else none -%}
   {%- set dc = f.decline_category if f.decline_category is defined else none -%}
+  {#- A decline_category without its own path maps the response code (mappings/README.md). -#}
+  {%- if dc is not none and dc.path is not defined and dc.row_path is not defined and f.response_code_raw is defined -%}
+    {%- set dc_eff = {} -%}
+    {%- do dc_eff.update(dc) -%}
+    {%- for k in ['path', 'row_path', 'regex'] -%}
+      {%- if f.response_code_raw[k] is defined -%}{%- do dc_eff.update({k: f.response_code_raw[k]}) -%}{%- endif -%}
+    {%- endfor -%}
+    {%- set dc = dc_eff -%}
+  {%- endif -%}
   {%- set ic = f.issuer_country if f.issuer_country is defined else none -%}
   {%- set mc = f.merchant_country if f.merchant_country is defined else none -%}
   {%- set lat = f.latency_ms if f.latency_ms is defined else none -%}
