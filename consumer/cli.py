@@ -263,6 +263,45 @@ def status(settings: Settings, slot: str | None, as_json: bool) -> None:
     click.echo(json.dumps(info, indent=2, default=str) if as_json else render(info))
 
 
+@cli.command()
+@click.option("--once", is_flag=True, default=None, help="One full pass, then exit (env RUN_ONCE).")
+@click.option("--interval", type=float, default=None, help="Seconds between polls (env POLL_INTERVAL_SECONDS).")
+@click.option("--table", default=None, help="Lake table (env PAYNORM_LAKE_TABLE, public.raw_transactions).")
+@click.option("--payload-column", default=None, help="Lake column holding the payload (default: data, transaction_data).")
+@click.option("--batch-size", type=int, default=None, help="Rows per page and warehouse commit (env PAYNORM_BATCH_SIZE).")
+@click.option("--safety-lag", type=float, default=300.0, show_default=True,
+              help="Seconds re-read behind the watermark, so rows that commit late are not skipped.")
+@click.option("--mark-processed", is_flag=True,
+              help="The brief's protocol: read NOT processed rows and set processed = true in the lake after "
+                   "the warehouse commit. The only mode that writes to the lake.")
+@click.pass_obj
+def poll(settings: Settings, once: bool | None, interval: float | None, table: str | None,
+         payload_column: str | None, batch_size: int | None, safety_lag: float, mark_processed: bool) -> None:
+    """Keyset-poll the lake table into raw.lake_transactions (for lakes without logical replication).
+
+    \b
+    Example:
+        paynorm poll --once                       # cron, twice a day as in the brief
+        paynorm poll --once --mark-processed      # also flag the landed rows in the lake
+    """
+    from .lake import LakeError
+    from .poll import PollError
+    from .poll import poll as run_poll
+
+    for attr, value in (("interval", interval), ("table", table), ("payload_column", payload_column),
+                        ("batch_size", batch_size)):
+        if value is not None:
+            setattr(settings, attr, value)
+    _need(settings, "lake_dsn", "warehouse_dsn")
+    try:
+        result = run_poll(settings, once=settings.run_once if once is None else once, mark_processed=mark_processed,
+                          safety_lag=safety_lag, stop=_stop_on_signals())
+    except (PollError, LakeError) as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"polled: {result.rows_read} rows read, {result.rows_written} landed or changed"
+               + (f", {result.rows_marked} marked processed" if mark_processed else ""))
+
+
 # -- normalization --------------------------------------------------------------------------------
 
 
@@ -420,6 +459,174 @@ def summary(settings: Settings) -> None:
 
     _need(settings, "warehouse_dsn")
     click.echo(render_summary(settings.warehouse_dsn))
+
+
+# -- files source (issue 6) -----------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("path_or_uri", required=False)
+@click.option("--once", is_flag=True, default=None, help="One pass over the files, then exit (env RUN_ONCE).")
+@click.option("--interval", type=float, default=None,
+              help="Seconds between passes in continuous mode (env POLL_INTERVAL_SECONDS, 5).")
+@click.option("--prefix", default=None,
+              help="Only paths (relative to PATH_OR_URI) starting with this, e.g. 2024/06/ (env PAYNORM_FILES_PREFIX).")
+@click.option("--glob", "pattern", default=None,
+              help="fnmatch pattern on the relative path, '*' crosses folders, e.g. '*.jsonl' "
+                   "(env PAYNORM_FILES_GLOB).")
+@click.option("--format", "fmt", type=click.Choice(["auto", "json", "jsonl", "csv", "parquet"]), default=None,
+              help="File format; auto picks it by extension and ignores other files (env PAYNORM_FILES_FORMAT, auto).")
+@click.option("--endpoint-url", default=None,
+              help="S3-compatible endpoint, e.g. http://127.0.0.1:9000 for MinIO (env PAYNORM_S3_ENDPOINT_URL; "
+                   "boto3 also reads AWS_ENDPOINT_URL_S3).")
+@click.pass_obj
+def load(settings: Settings, path_or_uri: str | None, once: bool | None, interval: float | None, prefix: str | None,
+         pattern: str | None, fmt: str | None, endpoint_url: str | None) -> None:
+    """Load JSON / JSONL / CSV / Parquet files from a folder or s3://bucket/prefix into raw.lake_transactions.
+
+    Each file is tracked in paynorm.processed_files and loaded once per content version, in one
+    warehouse transaction with its tracking row; unchanged files are skipped without being read, a
+    changed file replaces its records. Bad files are recorded as failed and the others go on.
+    S3 needs `pip install 'paynorm[s3]'` (credentials and region from the AWS_* variables), Parquet
+    `pip install 'paynorm[parquet]'`. Exit codes: 0 ok, 1 a file failed in this pass, 4 configuration.
+
+    \b
+    Example:
+        paynorm load ./exports --once                        # a local folder, recursively
+        paynorm load s3://payments-lake/raw/ --once --format jsonl
+        paynorm load s3://lake/raw --endpoint-url http://127.0.0.1:9000 --interval 43200   # MinIO, twice a day
+    """
+    from .files import load as run_load
+
+    _need(settings, "warehouse_dsn")
+    result = run_load(settings, path_or_uri, once=settings.run_once if once is None else once, interval=interval,
+                      prefix=prefix, fmt=fmt, pattern=pattern, endpoint_url=endpoint_url, stop=_stop_on_signals())
+    click.echo(result.stats.summary())
+    for key, error in result.stats.failures:
+        click.echo(f"failed: {key}: {error}", err=True)
+    if result.exit_code:
+        click.echo(f"error: {result.message}", err=True)
+        sys.exit(result.exit_code)
+
+
+# -- the LLM step (issue 4) ------------------------------------------------------------------------
+
+
+@cli.command("llm")
+@click.option("--dry-run", is_flag=True, help="Print, per shape, the row count and the exact request; call nothing.")
+@click.option("--max-calls", type=int, default=None,
+              help="Most HTTP requests this run, retries and repairs included (env PAYNORM_LLM_MAX_CALLS, 50).")
+@click.option("--max-tokens", type=int, default=None,
+              help="Most tokens (prompt + completion) this run (env PAYNORM_LLM_MAX_TOKENS, 300000).")
+@click.option("--retry-unmappable", is_flag=True, help="Ask again about shapes marked unmappable or rejected.")
+@click.pass_obj
+def llm_cmd(settings: Settings, dry_run: bool, max_calls: int | None, max_tokens: int | None,
+            retry_unmappable: bool) -> None:
+    """Ask an OpenAI-compatible model for ONE mapping rule per payload shape no rule matches.
+
+    Rows are grouped by shape; each shape not tried yet costs one request (plus one repair round
+    if the rule fails validation). Accepted rules are active at once (or proposed when
+    PAYNORM_LLM_AUTO_ACTIVATE=false); run `paynorm transform` afterwards to normalize the rows.
+    Without OPENAI_API_KEY it prints how many rows and shapes wait and exits 0.
+
+    \b
+    Example:
+        paynorm llm --dry-run                 # what would be sent, per shape
+        OPENAI_BASE_URL=http://127.0.0.1:11434/v1 paynorm llm --max-calls 10
+        paynorm llm && paynorm transform
+    """
+    from . import llm
+
+    _need(settings, "warehouse_dsn")
+    try:
+        result = llm.run_llm_step(settings.warehouse_dsn, settings, dry_run=dry_run, max_calls=max_calls,
+                                  max_tokens=max_tokens, retry_unmappable=retry_unmappable)
+    except llm.LlmError as e:
+        raise click.ClickException(str(e)) from e
+    for item in result.requests:
+        click.echo(f"# shape {item['shape_key']} ({item['payload_format']}): {item['rows']} row(s); request:")
+        click.echo(json.dumps(item["request"], indent=2, ensure_ascii=False))
+    for s in result.shapes:
+        if s.outcome in ("unmappable", "waiting") and s.errors:
+            click.echo(f"shape {s.shape_key}: {s.outcome}: {'; '.join(s.errors)[:500]}", err=True)
+    click.echo(result.summary())
+
+
+@mappings_group.command("review")
+@click.option("--samples", default=3, show_default=True, help="Sample rows shown per rule.")
+@click.pass_obj
+def mappings_review(settings: Settings, samples: int) -> None:
+    """List the proposed rules with sample rows before (redacted payload) and after (canonical values).
+
+    \b
+    Example:
+        PAYNORM_LLM_AUTO_ACTIVATE=false paynorm llm
+        paynorm mappings review
+    """
+    import psycopg
+
+    from . import llm
+
+    _need(settings, "warehouse_dsn")
+    with psycopg.connect(settings.warehouse_dsn, autocommit=True) as conn:
+        click.echo(llm.render_review(llm.review(conn, limit=samples)))
+
+
+def _rule_action(settings: Settings, rule_id: str, action: str) -> None:
+    import psycopg
+
+    from . import llm, mappings
+
+    _need(settings, "warehouse_dsn")
+    with psycopg.connect(settings.warehouse_dsn, autocommit=True) as conn:
+        mappings.ensure_schema(conn)
+        try:
+            if action == "export":
+                click.echo(llm.export_yaml(conn, rule_id), nl=False)
+                return
+            (llm.approve if action == "approve" else llm.reject)(conn, rule_id)
+        except mappings.MappingError as e:
+            raise click.ClickException(str(e)) from e
+    click.echo(f"{rule_id}: {'active' if action == 'approve' else 'rejected'}; run `paynorm transform` to apply")
+
+
+@mappings_group.command("approve")
+@click.argument("rule_id")
+@click.pass_obj
+def mappings_approve(settings: Settings, rule_id: str) -> None:
+    """Activate a proposed rule; the next `paynorm transform` normalizes its rows.
+
+    \b
+    Example:
+        paynorm mappings approve llm_acmepay_3f2a9c1d0b7e4a56
+    """
+    _rule_action(settings, rule_id, "approve")
+
+
+@mappings_group.command("reject")
+@click.argument("rule_id")
+@click.pass_obj
+def mappings_reject(settings: Settings, rule_id: str) -> None:
+    """Reject a rule; its shape is not asked about again unless `paynorm llm --retry-unmappable`.
+
+    \b
+    Example:
+        paynorm mappings reject llm_acmepay_3f2a9c1d0b7e4a56
+    """
+    _rule_action(settings, rule_id, "reject")
+
+
+@mappings_group.command("export")
+@click.argument("rule_id")
+@click.pass_obj
+def mappings_export(settings: Settings, rule_id: str) -> None:
+    """Print a rule as YAML, ready to commit as mappings/<id>.yml.
+
+    \b
+    Example:
+        paynorm mappings export llm_acmepay_3f2a9c1d0b7e4a56 > mappings/llm_acmepay_3f2a9c1d0b7e4a56.yml
+    """
+    _rule_action(settings, rule_id, "export")
 
 
 def main() -> None:

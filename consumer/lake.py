@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 from psycopg import conninfo, sql
 
-from .landing import PAYLOAD_COLUMN_CANDIDATES, LandingRow, encode_json_value
+from .landing import PAYLOAD_COLUMN_CANDIDATES, LandingRow, encode_json_value, encode_text_value
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,48 @@ def describe_table(conn: psycopg.Connection, table: str, payload_column: str = "
     else:
         payload = next((c for c in PAYLOAD_COLUMN_CANDIDATES if c in names), None)
     return LakeTable(schema, name, columns, tuple(r[0] for r in pk), tuple((r[1], r[2]) for r in pk), payload)
+
+
+def text_select_list(table: LakeTable) -> sql.Composable:
+    """Primary key then every column, all as text: what ``rows_from_text`` turns into landing rows."""
+    keys = [sql.SQL("{}::text").format(sql.Identifier(c)) for c in table.pk]
+    cols = [sql.SQL("{}::text").format(sql.Identifier(c.name)) for c in table.columns]
+    return sql.SQL(", ").join(keys + cols)
+
+
+def pk_params(table: LakeTable) -> sql.Composable:
+    """Placeholders for a primary key value given as text, cast back to the key's types (keysets)."""
+    return sql.SQL(", ").join(sql.SQL("%s::{}").format(sql.Identifier(nsp, typ)) for nsp, typ in table.pk_types)
+
+
+def rows_from_text(table: LakeTable, records: list[tuple[Any, ...]], *, op: str, lsn: str | None) -> list[LandingRow]:
+    """Landing rows from records selected with ``text_select_list`` (extra trailing columns ignored);
+    encoded exactly as the stream encodes the same values."""
+    npk = len(table.pk)
+    ncols = len(table.columns)
+    out = []
+    for rec in records:
+        columns: dict[str, str] = {}
+        payload_raw = None
+        payload_is_json = True
+        for col, text in zip(table.columns, rec[npk:npk + ncols]):
+            columns[col.name] = encode_text_value(text, col.category, col.is_json)
+            if col.name == table.payload_column:
+                payload_raw, payload_is_json = text, col.is_json
+        out.append(LandingRow(table.lake_key(list(rec[:npk])), columns, op, lsn, None, None,
+                              payload_raw=payload_raw, payload_is_json=payload_is_json,
+                              has_payload=table.payload_column is not None))
+    return out
+
+
+def column_type(conn: psycopg.Connection, table: LakeTable, column: str) -> tuple[str, str] | None:
+    """(schema, type name) of a column, for casting parameters to it; None if there is no such column."""
+    row = conn.execute(
+        "select tn.nspname, t.typname from pg_attribute a join pg_type t on t.oid = a.atttypid"
+        " join pg_namespace tn on tn.oid = t.typnamespace"
+        " where a.attrelid = %s::regclass and a.attname = %s and not a.attisdropped",
+        (table.qualified, column)).fetchone()
+    return (row[0], row[1]) if row else None
 
 
 # -- the slot -------------------------------------------------------------------------------------

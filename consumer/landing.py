@@ -134,7 +134,7 @@ class LandingBatch:
         self.changes = 0
 
 
-_TEMP_DDL = """
+STAGING_DDL = """
 create temp table if not exists _paynorm_landing (
     lake_key text, row_data text, partial boolean, has_payload boolean, payload text,
     payload_format text, decode_error text, shape_key text, op text, deleted boolean,
@@ -142,7 +142,7 @@ create temp table if not exists _paynorm_landing (
 ) on commit delete rows
 """
 
-_UPSERT = """
+UPSERT_FROM_STAGING = """
 insert into raw.lake_transactions as t (
     lake_key, row_data, payload, payload_format, decode_error, shape_key, op, deleted, source,
     lake_lsn, lake_xid, committed_at, loaded_at, load_seq)
@@ -172,7 +172,15 @@ on conflict (lake_key) do update set
     deleted = excluded.deleted, source = excluded.source, lake_lsn = excluded.lake_lsn,
     lake_xid = excluded.lake_xid, committed_at = excluded.committed_at,
     loaded_at = excluded.loaded_at, load_seq = excluded.load_seq
-where t.lake_lsn is null or excluded.lake_lsn is null or excluded.lake_lsn >= t.lake_lsn
+where case
+    -- CDC images are ordered by LSN: an image only replaces one that is not newer.
+    when excluded.lake_lsn is not null and t.lake_lsn is not null then excluded.lake_lsn >= t.lake_lsn
+    -- Sources without an LSN (poll, files) re-read rows: rewrite only what changed, so dbt's
+    -- incremental models (driven by load_seq) see only new and changed rows.
+    when excluded.lake_lsn is null then (t.row_data, t.payload, t.deleted, t.source)
+        is distinct from (excluded.row_data, excluded.payload, excluded.deleted, excluded.source)
+    else true
+end
 """
 
 _COPY = (
@@ -191,7 +199,7 @@ def _row_json(columns: dict[str, str]) -> str:
     return "{" + ",".join(parts) + "}"
 
 
-def _records(batch: LandingBatch) -> Iterable[Sequence[Any]]:
+def staged_records(batch: LandingBatch) -> Iterable[Sequence[Any]]:
     for r in batch.rows.values():
         payload = fmt = err = shape = None
         if r.has_payload:
@@ -210,8 +218,8 @@ def write_batch(conn: psycopg.Connection, batch: LandingBatch) -> int:
     """
     if not batch.rows:
         return 0
-    records = list(_records(batch))
-    conn.execute(_TEMP_DDL)
+    records = list(staged_records(batch))
+    conn.execute(STAGING_DDL)
     try:
         with conn.transaction():
             return _upsert(conn, records, batch.source)
@@ -241,7 +249,7 @@ def _upsert(conn: psycopg.Connection, records: list[Sequence[Any]], source: str,
         with cur.copy(_COPY) as copy:
             for rec in records:
                 copy.write_row(rec)
-        cur.execute(_UPSERT, {"source": source})
+        cur.execute(UPSERT_FROM_STAGING, {"source": source})
         n = cur.rowcount
         if clear:  # the temp table empties itself at commit; within one transaction, do it by hand
             cur.execute("delete from _paynorm_landing")

@@ -69,6 +69,50 @@ class Settings:
     log_level: str = field(default_factory=lambda: os.environ.get("PAYNORM_LOG_LEVEL", "INFO"))
     # Where `paynorm dev` keeps its local cluster and env file.
     home: Path = field(default_factory=lambda: Path(os.environ.get("PAYNORM_HOME", ".paynorm")))
+    # -- the LLM step (`paynorm llm`, consumer/llm.py) --
+    # API key of the OpenAI-compatible endpoint; empty = the step only reports what waits. Never logged.
+    openai_api_key: str = field(default_factory=lambda: os.environ.get("OPENAI_API_KEY", ""), repr=False)
+    # Base URL of an OpenAI-compatible server (e.g. http://127.0.0.1:11434/v1); empty = api.openai.com.
+    openai_base_url: str = field(default_factory=lambda: os.environ.get("OPENAI_BASE_URL", ""))
+    # Chat model asked for mapping rules (must support strict JSON-schema structured outputs).
+    llm_model: str = field(default_factory=lambda: os.environ.get("PAYNORM_LLM_MODEL", "gpt-4o-mini"))
+    # true: rules that pass validation are active at once; false: left 'proposed' for `paynorm mappings review`.
+    llm_auto_activate: bool = field(default_factory=lambda: _bool(os.environ.get("PAYNORM_LLM_AUTO_ACTIVATE"), True))
+    # Seconds before one LLM HTTP request is abandoned (then retried like a 5xx).
+    llm_timeout: float = field(default_factory=lambda: float(os.environ.get("PAYNORM_LLM_TIMEOUT", "60")))
+    # Retries of one request after a 429, a 5xx, a timeout or a connection error (then the shape waits).
+    llm_max_retries: int = field(default_factory=lambda: int(os.environ.get("PAYNORM_LLM_MAX_RETRIES", "3")))
+    # First back-off in seconds between retries; doubled each time (a Retry-After header wins, capped at 60 s).
+    llm_backoff: float = field(default_factory=lambda: float(os.environ.get("PAYNORM_LLM_BACKOFF", "1")))
+    # Most HTTP requests one run of the step may make (retries and repair rounds included).
+    llm_max_calls: int = field(default_factory=lambda: int(os.environ.get("PAYNORM_LLM_MAX_CALLS", "50")))
+    # Most tokens (prompt + completion) one run of the step may spend.
+    llm_max_tokens: int = field(default_factory=lambda: int(os.environ.get("PAYNORM_LLM_MAX_TOKENS", "300000")))
+    # Completion tokens allowed per request (max_completion_tokens).
+    llm_max_output_tokens: int = field(
+        default_factory=lambda: int(os.environ.get("PAYNORM_LLM_MAX_OUTPUT_TOKENS", "4096"))
+    )
+    # Redacted sample rows sent per shape (distinct raw status values first).
+    llm_samples: int = field(default_factory=lambda: int(os.environ.get("PAYNORM_LLM_SAMPLES", "5")))
+    # Share of a shape's rows a proposed rule must turn into a canonical status (and valid amounts, currencies).
+    llm_min_coverage: float = field(default_factory=lambda: float(os.environ.get("PAYNORM_LLM_MIN_COVERAGE", "0.95")))
+    # -- the files source (`paynorm load`, consumer/files.py) --
+    # Folder or s3://bucket/prefix loaded when none is given on the command line (`paynorm run --source files`).
+    files_path: str = field(default_factory=lambda: os.environ.get("PAYNORM_FILES_PATH", ""))
+    # Only files whose path relative to the folder / S3 prefix starts with this (e.g. 2024/06/).
+    files_prefix: str = field(default_factory=lambda: os.environ.get("PAYNORM_FILES_PREFIX", ""))
+    # fnmatch pattern on that relative path ('*' crosses folders, e.g. *.jsonl); empty = every file.
+    files_glob: str = field(default_factory=lambda: os.environ.get("PAYNORM_FILES_GLOB", ""))
+    # File format: auto (by extension: .json, .jsonl/.ndjson, .csv, .parquet/.pq), json, jsonl, csv or parquet.
+    files_format: str = field(default_factory=lambda: os.environ.get("PAYNORM_FILES_FORMAT", "auto"))
+    # Larger files are not downloaded and fail with a clear error (a file commits in one warehouse transaction).
+    files_max_bytes: int = field(
+        default_factory=lambda: int(os.environ.get("PAYNORM_FILES_MAX_BYTES", str(512 * 1024 * 1024)))
+    )
+    # Records decoded and staged per chunk while a file streams in (memory), before its single commit.
+    files_chunk: int = field(default_factory=lambda: int(os.environ.get("PAYNORM_FILES_CHUNK", "5000")))
+    # S3-compatible endpoint (MinIO...); empty = AWS (boto3 also reads AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL).
+    s3_endpoint_url: str = field(default_factory=lambda: os.environ.get("PAYNORM_S3_ENDPOINT_URL", ""))
 
     @property
     def table_parts(self) -> tuple[str, str]:

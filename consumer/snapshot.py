@@ -13,15 +13,13 @@ import logging
 import sys
 import threading
 import time
-from typing import Any
-
 import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from .cdc import Fence, ReplicationState, crashpoint
-from .lake import LakeTable
-from .landing import LandingBatch, LandingRow, encode_text_value, tombstone_source, write_batch
+from .lake import LakeTable, pk_params, rows_from_text, text_select_list
+from .landing import LandingBatch, tombstone_source, write_batch
 
 log = logging.getLogger(__name__)
 
@@ -54,31 +52,10 @@ class Progress:
 
 def _select_chunk(table: LakeTable, has_cursor: bool) -> sql.Composed:
     pk = [sql.Identifier(c) for c in table.pk]
-    cols = [sql.SQL("{}::text").format(sql.Identifier(c.name)) for c in table.columns]
-    keys = [sql.SQL("{}::text").format(p) for p in pk]
-    query = sql.SQL("select {keys}, {cols} from {table}").format(
-        keys=sql.SQL(", ").join(keys), cols=sql.SQL(", ").join(cols), table=table.ident)
+    query = sql.SQL("select {} from {}").format(text_select_list(table), table.ident)
     if has_cursor:
-        casts = [sql.SQL("%s::{}").format(sql.Identifier(nsp, typ)) for nsp, typ in table.pk_types]
-        query += sql.SQL(" where ({}) > ({})").format(sql.SQL(", ").join(pk), sql.SQL(", ").join(casts))
+        query += sql.SQL(" where ({}) > ({})").format(sql.SQL(", ").join(pk), pk_params(table))
     return query + sql.SQL(" order by {} limit %s").format(sql.SQL(", ").join(pk))
-
-
-def _rows(table: LakeTable, records: list[tuple[Any, ...]], lsn: str) -> list[LandingRow]:
-    npk = len(table.pk)
-    out = []
-    for rec in records:
-        key = table.lake_key(list(rec[:npk]))
-        columns: dict[str, str] = {}
-        payload_raw = None
-        payload_is_json = True
-        for col, text in zip(table.columns, rec[npk:]):
-            columns[col.name] = encode_text_value(text, col.category, col.is_json)
-            if col.name == table.payload_column:
-                payload_raw, payload_is_json = text, col.is_json
-        out.append(LandingRow(key, columns, "S", lsn, None, None, payload_raw=payload_raw,
-                              payload_is_json=payload_is_json, has_payload=table.payload_column is not None))
-    return out
 
 
 def run_snapshot(lake_conn: psycopg.Connection, pool: ConnectionPool, fence: Fence, table: LakeTable,
@@ -110,7 +87,7 @@ def run_snapshot(lake_conn: psycopg.Connection, pool: ConnectionPool, fence: Fen
             if not records:
                 break
             batch.clear()
-            for row in _rows(table, records, lsn):
+            for row in rows_from_text(table, records, op="S", lsn=lsn):
                 batch.add(row)
             cursor = [str(v) for v in records[-1][: len(table.pk)]]
             done += len(records)

@@ -117,6 +117,8 @@ class Env:
 
     def landed(self, live_only: bool = True) -> dict[str, dict[str, Any]]:
         with self.wh_conn() as conn:
+            if conn.execute("select to_regclass('raw.lake_transactions')").fetchone()[0] is None:
+                return {}
             q = ("select lake_key, row_data->'data', row_data->'merchant', (row_data->>'processed')::boolean,"
                  " row_data->>'source', deleted from raw.lake_transactions")
             rows = conn.execute(q).fetchall()

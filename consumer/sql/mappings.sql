@@ -35,6 +35,31 @@ create table if not exists paynorm.llm_shapes (
     last_error   text,
     tried_at     timestamptz not null default now()
 );
+-- Model and prompt hash of the last attempt: an unmappable shape is tried again when either changes.
+alter table paynorm.llm_shapes add column if not exists model text;
+alter table paynorm.llm_shapes add column if not exists prompt_hash text;
+alter table paynorm.llm_shapes add column if not exists row_count bigint;
+
+-- Every HTTP request of the LLM step (consumer/llm.py), whatever its outcome.
+create table if not exists paynorm.llm_calls (
+    id           bigserial primary key,
+    run_id       text not null,                           -- one `paynorm llm` run
+    shape_key    text not null,
+    kind         text not null check (kind in ('propose', 'repair')),
+    attempt      integer not null default 1,              -- 1 + retries after 429/5xx/timeouts
+    model        text not null,
+    prompt_hash  text not null,
+    tokens_in    integer,
+    tokens_out   integer,
+    latency_ms   integer,
+    outcome      text not null,                           -- accepted | invalid | malformed | refusal | not_payment |
+                                                          -- rate_limited | server_error | timeout | connection_error | http_error
+    error        text,
+    mapping_id   text,
+    called_at    timestamptz not null default now()
+);
+create index if not exists llm_calls_shape on paynorm.llm_calls (shape_key, called_at);
+comment on table paynorm.llm_calls is 'One row per HTTP request of the paynorm LLM step (tokens, latency, outcome).';
 
 -- ISO 8601 text -> timestamptz, NULL when unparseable (PostgreSQL 15 has no pg_input_is_valid).
 -- No offset means UTC, whatever the session time zone.

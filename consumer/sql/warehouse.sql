@@ -44,3 +44,31 @@ create table if not exists paynorm.replication_state (
     owner_token        text,                     -- fencing nonce of the consumer that holds the slot
     updated_at         timestamptz not null default now()
 );
+
+-- The files source (`paynorm load`): one row per file key, written in the same transaction as the file's
+-- records. A file is loaded at most once per content version (size + ETag on S3, size + mtime/sha256 locally).
+create table if not exists paynorm.processed_files (
+    key            text primary key,          -- s3://bucket/key, or the absolute local path
+    store          text not null,             -- s3 | local
+    size           bigint,                    -- bytes, as listed
+    etag           text,                      -- S3 ETag as listed (quotes stripped); null for local files
+    mtime          timestamptz,               -- S3 LastModified / local mtime, as listed
+    sha256         text,                      -- of the content, computed while reading it
+    format         text,                      -- json | jsonl | csv | parquet
+    status         text not null check (status in ('processing', 'completed', 'failed')),
+    records        bigint,                    -- records read from the file
+    rows_landed    bigint,                    -- landing rows written (new or changed)
+    bad_records    bigint,                    -- records landed with a decode error
+    tombstoned     bigint,                    -- records of the previous version no longer in the file
+    error          text,                      -- why the file failed
+    error_code     text,                      -- not_utf8, bad_json, ragged_csv, not_parquet, empty, too_large, io...
+    attempts       integer not null default 0,
+    first_seen_at  timestamptz not null default now(),
+    started_at     timestamptz,               -- last load started
+    finished_at    timestamptz,               -- last load finished (completed or failed)
+    duration_ms    bigint,
+    updated_at     timestamptz not null default now()
+);
+-- Finds the records of one file (to tombstone those a new version dropped) without scanning CDC rows.
+create index if not exists lake_transactions_file_source on raw.lake_transactions (source)
+    where source like 'file:%';

@@ -1,0 +1,1231 @@
+"""The files source (`paynorm load`): JSON / JSONL / CSV / Parquet files from a folder or an S3 bucket.
+
+The brief's S3 data-lake variant, landing into the same ``raw.lake_transactions`` as the CDC consumer
+so normalization, the LLM step and the marts work unchanged.
+
+* Discovery: a local folder (recursive; hidden files skipped) or ``s3://bucket/prefix`` (boto3, the
+  optional extra ``paynorm[s3]``; endpoint, region and credentials from the standard AWS variables,
+  plus ``endpoint_url`` for MinIO and other S3-compatible stores). Keys are listed in lexicographic
+  order, filtered by an extra prefix and an fnmatch pattern on the path relative to the root.
+* Bookkeeping: ``paynorm.processed_files``, one row per file key (``s3://bucket/key`` or the absolute
+  local path). A file is loaded at most once per content version: unchanged files (same size and
+  ETag on S3; same size and mtime locally, confirmed by sha256 when the mtime is "racy") are skipped
+  without being read. The same key with new content is loaded again: its records replace the older
+  ones and the records of the old version that vanished are tombstoned.
+* Atomicity: a file's records and its ``completed`` tracking row commit in ONE warehouse
+  transaction. Records are streamed into a temp table in chunks (memory stays flat), then one
+  set-based upsert (the landing's own) runs and the transaction commits once; a crash mid-file
+  leaves nothing half-loaded (the tracking row stays ``processing`` and the file is loaded again).
+* Records: each record becomes one landed row, ``op = 'F'``, ``source = 'file:<key>'``, lake key
+  ``<key>#<record index>`` (0-based) unless the record is a lake envelope carrying an ``id`` (then
+  that id, so a record seen both in the CDC lake and in a file is one row). Envelopes
+  (``id/data/merchant/transactional_id``, the lake's columns) are kept as the row image; a bare
+  provider payload becomes the ``data`` of an envelope with null ``id``, ``merchant`` and
+  ``transactional_id``. Bad single records (a JSONL line that is not JSON, a payload that does not
+  decode) land with their decode error; bad files (not UTF-8, truncated JSON, ragged CSV, not
+  Parquet, empty, too large) fail with a clear error in ``processed_files`` and the log, and the
+  other files go on.
+"""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+import hashlib
+import io
+import itertools
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date, datetime, time as dtime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Iterator, TextIO
+
+import psycopg
+
+from .cdc import crashpoint
+from .jsonutil import dumps_exact
+from .landing import (  # the landing's own staging table and upsert: files land exactly like CDC rows
+    PAYLOAD_COLUMN_CANDIDATES,
+    STAGING_DDL,
+    UPSERT_FROM_STAGING,
+    LandingBatch,
+    LandingRow,
+    init_warehouse,
+    staged_records,
+)
+from .settings import Settings, redact_dsn
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("json", "jsonl", "csv", "parquet")
+EXTENSIONS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet",
+              ".pq": "parquet"}
+
+#: The lake's columns: a record whose keys are all among them (with a payload column and at least one
+#: other column besides ``id``) is a lake envelope and kept as the row image.
+LAKE_COLUMNS = frozenset({"id", "data", "transaction_data", "payload", "merchant", "transactional_id",
+                          "created_at", "processed", "processed_at", "source"})
+#: Envelope columns that hold JSON; in CSV and Parquet they usually arrive as JSON text, parsed here.
+_JSON_COLUMNS = frozenset({"data", "transaction_data", "payload", "merchant"})
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # some file failed in this run (or the store could not be listed)
+EXIT_CONFIG = 4
+
+_READ_CHUNK = 1 << 20
+_RACY_SECONDS = 2.0  # a local mtime this close to the last read may hide a same-size rewrite: hash it
+_UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
+_SURROGATES = re.compile("[\ud800-\udfff]")
+_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+_WS = re.compile(r"[ \t\r\n]*")
+_NUMBER_TAIL = re.compile(r"[0-9eE+\-.]*")
+_PG_MAX_WEIGHT_DIGITS = 131_072
+_PG_MAX_SCALE = 16_383
+_MAX_NESTING = 400
+
+# Failures worth retrying while the file is unchanged (the others wait for a new version of the file).
+_RETRYABLE = frozenset({"io", "missing_dependency"})
+
+
+class FileError(Exception):
+    """The file cannot be loaded (its content, its size, reading it); the other files go on."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class ConfigError(RuntimeError):
+    """A configuration problem the operator must fix (bad URI, missing optional dependency)."""
+
+
+class StoreError(RuntimeError):
+    """The store could not be listed (S3 unreachable, no permission, missing folder)."""
+
+
+# -- the stores -----------------------------------------------------------------------------------
+
+
+@dataclass
+class FileRef:
+    """One file as listed: enough to decide whether it changed without reading it."""
+
+    key: str  # s3://bucket/key, or the absolute local path
+    size: int
+    mtime: datetime
+    fmt: str
+    etag: str | None = None  # S3 only, quotes stripped
+    location: str = ""  # the S3 object key, or the local path
+
+
+def _resolve_format(name: str, fmt: str) -> str | None:
+    if fmt != "auto":
+        return fmt
+    return EXTENSIONS.get(os.path.splitext(name)[1].lower())
+
+
+class _Store:
+    kind = ""
+    label = ""
+
+    def __init__(self, prefix: str, pattern: str, fmt: str) -> None:
+        self.prefix = prefix
+        self.pattern = pattern
+        self.fmt = fmt
+
+    def _wanted(self, rel: str) -> str | None:
+        """The format of a file at ``rel`` (relative to the root) when it is to be loaded, else None."""
+        if self.prefix and not rel.startswith(self.prefix):
+            return None
+        if self.pattern and not fnmatch.fnmatchcase(rel, self.pattern):
+            return None
+        return _resolve_format(rel, self.fmt)
+
+    def pages(self, size: int = 1000) -> Iterator[list[FileRef]]:
+        raise NotImplementedError
+
+    @contextmanager
+    def open(self, ref: FileRef) -> Iterator[BinaryIO]:
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    def close(self) -> None:
+        pass
+
+
+class LocalStore(_Store):
+    kind = "local"
+
+    def __init__(self, root: str, prefix: str = "", pattern: str = "", fmt: str = "auto") -> None:
+        super().__init__(prefix, pattern, fmt)
+        self.root = Path(root).expanduser().resolve()
+        self.label = str(self.root)
+        if not self.root.exists():
+            raise StoreError(f"{self.root}: no such file or folder")
+
+    def _walk(self) -> Iterator[Path]:
+        if self.root.is_file():
+            yield self.root
+            return
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                if not name.startswith("."):
+                    yield Path(dirpath) / name
+
+    def pages(self, size: int = 1000) -> Iterator[list[FileRef]]:
+        page: list[FileRef] = []
+        for path in self._walk():
+            rel = path.name if self.root.is_file() else path.relative_to(self.root).as_posix()
+            fmt = self._wanted(rel)
+            if fmt is None:
+                continue
+            try:
+                st = path.stat()
+            except OSError:  # vanished between the walk and the stat
+                continue
+            mtime = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=st.st_mtime_ns // 1000)
+            page.append(FileRef(str(path), st.st_size, mtime, fmt, None, str(path)))
+            if len(page) >= size:
+                yield page
+                page = []
+        if page:
+            yield page
+
+    @contextmanager
+    def open(self, ref: FileRef) -> Iterator[BinaryIO]:
+        try:
+            f = open(ref.location, "rb")
+        except OSError as e:
+            raise FileError("io", f"cannot open: {e}") from e
+        with f:
+            yield f
+
+    @contextmanager
+    def seekable(self, ref: FileRef, meter_factory: Callable[[BinaryIO], _Meter]) -> Iterator[str]:
+        """A path pyarrow can seek in; the content is hashed (one sequential read) first."""
+        with self.open(ref) as f:
+            meter = meter_factory(f)
+            while meter.read(_READ_CHUNK):
+                pass
+        yield ref.location
+
+
+def s3_client(endpoint_url: str | None = None) -> Any:
+    """A boto3 S3 client: credentials and region from the standard AWS variables and config files;
+    ``endpoint_url`` (or ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``) for S3-compatible stores."""
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError as e:
+        raise ConfigError("s3:// sources need boto3: pip install 'paynorm[s3]'") from e
+    custom = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    kwargs: dict[str, Any] = {"retries": {"max_attempts": 5, "mode": "standard"}, "connect_timeout": 10,
+                              "read_timeout": 60}
+    if custom:  # MinIO and most S3-compatible stores want path-style addressing
+        kwargs["s3"] = {"addressing_style": "path"}
+    session = boto3.session.Session()
+    region = session.region_name or "us-east-1"
+    return session.client("s3", endpoint_url=endpoint_url or None, region_name=region, config=Config(**kwargs))
+
+
+class S3Store(_Store):
+    kind = "s3"
+
+    def __init__(self, uri: str, prefix: str = "", pattern: str = "", fmt: str = "auto",
+                 endpoint_url: str | None = None, client: Any = None) -> None:
+        bucket, _, base = uri[len("s3://"):].partition("/")
+        if not bucket:
+            raise ConfigError(f"{uri}: expected s3://bucket/prefix")
+        super().__init__(prefix, pattern, fmt)
+        self.bucket = bucket
+        self.base = base
+        self.label = uri
+        self.client = client or s3_client(endpoint_url)
+
+    def pages(self, size: int = 1000) -> Iterator[list[FileRef]]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        base = self.base
+        list_prefix = (base.rstrip("/") + "/" + self.prefix if base else self.prefix) if self.prefix else base
+        try:
+            paginator = self.client.get_paginator("list_objects_v2")
+            for resp in paginator.paginate(Bucket=self.bucket, Prefix=list_prefix,
+                                           PaginationConfig={"PageSize": min(size, 1000)}):
+                page = []
+                for obj in resp.get("Contents") or []:
+                    key = obj["Key"]
+                    if key.endswith("/"):  # a "folder" marker
+                        continue
+                    rel = key[len(base):].lstrip("/") if base else key
+                    if any(part.startswith(".") for part in rel.split("/")):
+                        continue
+                    fmt = self._wanted(rel)
+                    if fmt is None:
+                        continue
+                    mtime = obj["LastModified"]
+                    if mtime.tzinfo is None:
+                        mtime = mtime.replace(tzinfo=timezone.utc)
+                    page.append(FileRef(f"s3://{self.bucket}/{key}", int(obj["Size"]), mtime, fmt,
+                                        obj.get("ETag", "").strip('"') or None, key))
+                if page:
+                    yield page
+        except (BotoCoreError, ClientError) as e:
+            raise StoreError(f"cannot list {self.label}: {e}") from e
+
+    @contextmanager
+    def open(self, ref: FileRef) -> Iterator[BinaryIO]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": ref.location}
+        if ref.etag:
+            args["IfMatch"] = f'"{ref.etag}"'  # the version we listed, or 412: it changed, next pass sees it
+        try:
+            resp = self.client.get_object(**args)
+        except ClientError as e:
+            code = e.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "404", "PreconditionFailed", "412"):
+                raise _Vanished(f"{ref.key} changed or disappeared since it was listed ({code})") from e
+            raise FileError("io", f"cannot download: {e}") from e
+        except BotoCoreError as e:
+            raise FileError("io", f"cannot download: {e}") from e
+        body = resp["Body"]
+        try:
+            yield _BotoBody(body)
+        finally:
+            body.close()
+
+    @contextmanager
+    def seekable(self, ref: FileRef, meter_factory: Callable[[BinaryIO], _Meter]) -> Iterator[str]:
+        """Parquet needs random access: stream the object into a temp file (hashing it), then read that."""
+        with tempfile.NamedTemporaryFile(prefix="paynorm-", suffix=".parquet") as tmp:
+            with self.open(ref) as body:
+                meter = meter_factory(body)
+                while chunk := meter.read(_READ_CHUNK):
+                    tmp.write(chunk)
+            tmp.flush()
+            yield tmp.name
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except Exception:  # pragma: no cover - older botocore has no close()
+            pass
+
+
+class _Vanished(Exception):
+    """The object changed or was deleted between listing and download: the next pass deals with it."""
+
+
+class _BotoBody(io.RawIOBase):
+    """botocore's StreamingBody as a raw binary stream; transport errors become FileError('io')."""
+
+    def __init__(self, body: Any) -> None:
+        self.body = body
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        try:
+            data = self.body.read(len(b))
+        except Exception as e:  # urllib3 / botocore read errors
+            raise FileError("io", f"download interrupted: {e}") from e
+        n = len(data)
+        b[:n] = data
+        return n
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self.body.read(None if size is None or size < 0 else size)
+        except Exception as e:
+            raise FileError("io", f"download interrupted: {e}") from e
+
+
+def open_store(uri: str, *, prefix: str = "", pattern: str = "", fmt: str = "auto",
+               endpoint_url: str | None = None) -> _Store:
+    if fmt != "auto" and fmt not in FORMATS:
+        raise ConfigError(f"unknown format {fmt!r}: use auto, {', '.join(FORMATS)}")
+    if uri.startswith("s3://"):
+        return S3Store(uri, prefix, pattern, fmt, endpoint_url)
+    if "://" in uri and not uri.startswith("file://"):
+        raise ConfigError(f"{uri}: expected a local folder or s3://bucket/prefix")
+    return LocalStore(uri[len("file://"):] if uri.startswith("file://") else uri, prefix, pattern, fmt)
+
+
+# -- reading: a metered byte stream, then records ---------------------------------------------------
+
+
+class _Meter(io.RawIOBase):
+    """Counts and hashes the bytes read, enforces the size limit and drives the progress bar."""
+
+    def __init__(self, raw: Any, limit: int, progress: _Progress | None = None) -> None:
+        self.raw = raw
+        self.limit = limit
+        self.sha = hashlib.sha256()
+        self.bytes = 0
+        self.progress = progress
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        data = self.raw.read(len(b))
+        n = len(data)
+        if n:
+            b[:n] = data
+            self._count(data)
+        return n
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size if size is not None and size >= 0 else _READ_CHUNK)
+        if data:
+            self._count(data)
+        return data
+
+    def _count(self, data: bytes) -> None:
+        self.sha.update(data)
+        self.bytes += len(data)
+        if self.bytes > self.limit:
+            raise FileError("too_large", f"file grew past the size limit of {_human(self.limit)} while read "
+                                         f"(PAYNORM_FILES_MAX_BYTES)")
+        if self.progress is not None:
+            self.progress.bytes(self.bytes)
+
+
+def _text(meter: _Meter, newline: str | None = None) -> TextIO:
+    buffered = io.BufferedReader(meter, _READ_CHUNK)  # type: ignore[arg-type]
+    return io.TextIOWrapper(buffered, encoding="utf-8-sig", errors="strict", newline=newline)
+
+
+_Record = tuple[Any, str | None]  # (the parsed record, or its raw text; the record's own error)
+
+
+def _iter_jsonl(text: TextIO) -> Iterator[_Record]:
+    seen = False
+    for lineno, line in enumerate(text, 1):
+        s = line.strip(" \t\r\n")
+        if not s:
+            continue
+        seen = True
+        try:
+            yield json.loads(s, parse_float=Decimal), None
+        except json.JSONDecodeError as e:
+            yield s, f"JSONL line {lineno}: not JSON ({e.msg} at column {e.colno})"
+        except (ValueError, RecursionError) as e:
+            yield s, f"JSONL line {lineno}: not loadable JSON ({type(e).__name__}: {str(e)[:120]})"
+    if not seen:
+        raise FileError("empty", "empty file: no JSON Lines record, only blank lines")
+
+
+class _JsonArray:
+    """Streams the elements of a top-level JSON array (a single top-level value is one record).
+
+    ``json.JSONDecoder.raw_decode`` over a sliding buffer: memory holds one chunk plus the element
+    being parsed, whatever the size of the file.
+    """
+
+    def __init__(self, text: TextIO, as_lines_fallback: bool) -> None:
+        self.text = text
+        self.buf = ""
+        self.pos = 0
+        self.base = 0  # characters dropped from the buffer's front
+        self.eof = False
+        self.dec = json.JSONDecoder(parse_float=Decimal)
+        self.as_lines_fallback = as_lines_fallback
+
+    def _fill(self, size: int = _READ_CHUNK) -> bool:
+        if self.pos:
+            self.base += self.pos
+            self.buf = self.buf[self.pos:]
+            self.pos = 0
+        data = self.text.read(size)
+        if not data:
+            self.eof = True
+            return False
+        self.buf += data
+        return True
+
+    def _peek(self) -> str:
+        """The next non-whitespace character ('' at the end of the file)."""
+        while True:
+            self.pos = _WS.match(self.buf, self.pos).end()  # type: ignore[union-attr]
+            if self.pos < len(self.buf):
+                return self.buf[self.pos]
+            if self.eof or not self._fill():
+                return ""
+
+    def _where(self) -> str:
+        return f"at character {self.base + self.pos:,}"
+
+    def __iter__(self) -> Iterator[_Record]:
+        c = self._peek()
+        if c == "":
+            raise FileError("empty", "empty file: no JSON value")
+        if c != "[":
+            yield from self._single()
+            return
+        self.pos += 1
+        if self._peek() == "]":
+            self.pos += 1
+            self._end()
+            return
+        index = 0
+        while True:
+            yield self._value(index), None
+            index += 1
+            c = self._peek()
+            if c == ",":
+                self.pos += 1
+                if self._peek() == "":
+                    raise FileError("bad_json", f"truncated JSON: the file ends after record {index - 1} "
+                                                f"and a ',' ({self._where()})")
+                continue
+            if c == "]":
+                self.pos += 1
+                self._end()
+                return
+            if c == "":
+                raise FileError("bad_json", f"truncated JSON: the array ends after record {index - 1} "
+                                            f"without its closing ']' ({self._where()})")
+            raise FileError("bad_json", f"invalid JSON: expected ',' or ']' after record {index - 1} {self._where()}")
+
+    def _value(self, index: int) -> Any:
+        size = _READ_CHUNK
+        while True:
+            try:
+                value, end = self.dec.raw_decode(self.buf, self.pos)
+                # A number cut by the buffer's end ("7." of "7.25") parses as a shorter one: read on.
+                if self.eof or not (isinstance(value, (int, Decimal)) and not isinstance(value, bool)
+                                    and _NUMBER_TAIL.match(self.buf, end).end() == len(self.buf)):
+                    self.pos = end
+                    return value
+            except json.JSONDecodeError as e:
+                if self.eof:
+                    what = "truncated" if e.pos >= len(self.buf.rstrip()) or "Unterminated" in e.msg else "invalid"
+                    raise FileError("bad_json", f"{what} JSON in record {index}: {e.msg} "
+                                                f"at character {self.base + e.pos:,}") from e
+            except RecursionError as e:
+                raise FileError("bad_json", f"record {index} is nested too deeply {self._where()}") from e
+            except ValueError as e:  # e.g. an integer with more digits than Python converts
+                raise FileError("bad_json", f"record {index}: {str(e)[:160]} {self._where()}") from e
+            self._fill(size)
+            size = min(size * 2, 64 << 20)
+
+    def _end(self) -> None:
+        if self._peek() != "":
+            raise FileError("bad_json", f"invalid JSON: extra data after the top-level array {self._where()}")
+
+    def _single(self) -> Iterator[_Record]:
+        parts = [self.buf[self.pos:]]
+        while part := self.text.read(_READ_CHUNK):
+            parts.append(part)
+        rest = "".join(parts)
+        try:
+            yield json.loads(rest, parse_float=Decimal), None
+            return
+        except json.JSONDecodeError as e:
+            if self.as_lines_fallback and e.msg == "Extra data":  # a .json file holding JSON Lines
+                log.info("file holds several JSON values: reading it as JSON Lines")
+                error = e
+            else:
+                what = "truncated" if e.pos >= len(rest.rstrip()) or "Unterminated" in e.msg else "invalid"
+                raise FileError("bad_json", f"{what} JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
+        except (ValueError, RecursionError) as e:
+            raise FileError("bad_json", f"JSON not loadable: {type(e).__name__}: {str(e)[:160]}") from e
+        del error
+        yield from _iter_jsonl(io.StringIO(rest))
+
+
+def _iter_csv(text: TextIO) -> Iterator[_Record]:
+    first = text.readline()
+    while first and not first.strip():
+        first = text.readline()
+    if not first:
+        raise FileError("empty", "empty CSV file: no header line")
+    counts = {d: first.count(d) for d in (",", ";", "\t", "|")}
+    delimiter = max(counts, key=lambda d: counts[d]) if any(counts.values()) else ","
+    reader = csv.reader(itertools.chain([first], text), delimiter=delimiter)
+    try:
+        header = next(reader)
+    except csv.Error as e:
+        raise FileError("bad_csv", f"CSV header: {e}") from e
+    names = [h.strip() or f"column_{i + 1}" for i, h in enumerate(header)]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise FileError("bad_csv", f"CSV header repeats column(s) {', '.join(dup)}")
+    width = len(names)
+    try:
+        for row in reader:
+            if not row or (len(row) == 1 and not row[0].strip() and width > 1):
+                continue  # blank line
+            if len(row) != width:
+                raise FileError("ragged_csv", f"ragged CSV: line {reader.line_num} has {len(row)} field(s), "
+                                              f"the header has {width}")
+            yield dict(zip(names, row)), None
+    except csv.Error as e:
+        raise FileError("bad_csv", f"CSV line {reader.line_num}: {e}") from e
+
+
+_NO_PYARROW = "Parquet files need pyarrow: pip install 'paynorm[parquet]'"
+
+
+def _have_pyarrow() -> bool:
+    try:
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _iter_parquet(path: str, batch_rows: int, progress: _Progress | None) -> Iterator[_Record]:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as e:
+        raise FileError("missing_dependency", _NO_PYARROW) from e
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise FileError("not_parquet", f"not a Parquet file: {e}") from e
+    if progress is not None:
+        progress.total_rows = pf.metadata.num_rows
+    try:
+        for batch in pf.iter_batches(batch_size=max(batch_rows, 1)):
+            for row in batch.to_pylist():
+                yield row, None
+    except (pa.ArrowException, OSError) as e:
+        raise FileError("bad_parquet", f"unreadable Parquet data: {e}") from e
+
+
+# -- records to landing rows ------------------------------------------------------------------------
+
+
+class _TooDeep(Exception):
+    pass
+
+
+def _plain(v: Any, depth: int = 0) -> Any:
+    """Python values from a reader as values ``dumps_exact`` writes exactly (no float ever)."""
+    t = type(v)
+    if v is None or t is str or t is bool or t is int:
+        return v
+    if t is Decimal:
+        if not v.is_finite():
+            return None
+        if v.adjusted() >= _PG_MAX_WEIGHT_DIGITS or -v.as_tuple().exponent > _PG_MAX_SCALE:  # type: ignore[operator]
+            return str(v)  # beyond PostgreSQL numeric: kept, as text
+        return v
+    if depth > _MAX_NESTING:
+        raise _TooDeep
+    if t is dict:
+        return {(k if type(k) is str else str(k)): _plain(x, depth + 1) for k, x in v.items()}
+    if t is list or t is tuple:
+        return [_plain(x, depth + 1) for x in v]
+    if isinstance(v, float):
+        return Decimal(repr(v)) if v == v and v not in (float("inf"), float("-inf")) else None
+    if isinstance(v, (datetime, date, dtime)):
+        return v.isoformat()
+    if isinstance(v, timedelta):
+        return Decimal(str(v.total_seconds()))
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        b = bytes(v)
+        try:
+            return b.decode("utf-8")
+        except UnicodeDecodeError:
+            import base64
+
+            return base64.b64encode(b).decode("ascii")
+    if isinstance(v, dict):
+        return _plain(dict(v), depth)
+    if isinstance(v, (list, tuple)):
+        return _plain(list(v), depth)
+    return str(v)
+
+
+def _jsonb_safe(text: str) -> str:
+    """JSON text PostgreSQL jsonb accepts: no \\u0000 escape, no lone surrogate (decode notes both)."""
+    if "\\u0000" in text:
+        text = _NUL_ESCAPE.sub(r"\1", text)
+    if not text.isascii() and _SURROGATES.search(text):
+        text = _SURROGATES.sub("\ufffd", text)
+    return text
+
+
+def _maybe_json(value: Any) -> Any:
+    """A JSON-holding column exported as text (CSV, Parquet): parsed when it is a JSON object or array."""
+    if isinstance(value, str):
+        s = value.strip()
+        if not s:
+            return None
+        if s[0] in "{[":
+            try:
+                return json.loads(s, parse_float=Decimal)
+            except (ValueError, RecursionError):
+                return value  # kept as text: its decode error shows on the landed row
+    return value
+
+
+def _lake_id(value: Any) -> str | None:
+    """The envelope's id as the CDC consumer keys it (``id::text``: UUIDs lowercase, integers plain)."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, Decimal):
+        return str(int(value)) if value.is_finite() and value == value.to_integral_value() else None
+    if isinstance(value, str):
+        s = value.strip()
+        if not s or len(s) > 256:  # not an id (and too long for the landing's primary key index)
+            return None
+        return s.lower() if _UUID_RE.match(s) else s
+    return None
+
+
+class RecordConverter:
+    """Turns the records of one file into ``LandingRow``s (op 'F', source 'file:<key>')."""
+
+    def __init__(self, ref: FileRef, payload_column: str = "") -> None:
+        self.ref = ref
+        self.committed_at = ref.mtime.isoformat()
+        self.payload_columns = (payload_column,) if payload_column else PAYLOAD_COLUMN_CANDIDATES
+        self.text_columns = ref.fmt in ("csv", "parquet")
+
+    def _envelope_payload_column(self, rec: dict[str, Any]) -> str | None:
+        if not rec.keys() <= LAKE_COLUMNS | set(self.payload_columns):
+            return None
+        pc = next((c for c in self.payload_columns if c in rec), None)
+        if pc is None or not rec.keys() - {"id", pc}:
+            return None  # {"id": .., "data": ..} alone is too ambiguous: a provider payload may look like it
+        return pc
+
+    def convert(self, index: int, rec: Any, error: str | None) -> tuple[LandingRow, str | None]:
+        """The landed row for record ``index`` and an error that overrides its decode result, if any."""
+        key = f"{self.ref.key}#{index}"
+        try:
+            if error is None and isinstance(rec, dict) and (pc := self._envelope_payload_column(rec)):
+                columns: dict[str, str] = {}
+                payload_raw = "null"
+                for name, value in rec.items():
+                    if self.text_columns:
+                        value = _maybe_json(value) if name in _JSON_COLUMNS else (None if value == "" else value)
+                    text = dumps_exact(_plain(value))
+                    columns[name] = _jsonb_safe(text)
+                    if name == pc:
+                        payload_raw = text
+                lake_id = _lake_id(rec.get("id"))
+                return LandingRow(lake_id or key, columns, "F", None, None, self.committed_at,
+                                  payload_raw=payload_raw, has_payload=True), None
+            text = dumps_exact(_plain(rec))
+        except (_TooDeep, RecursionError):
+            text, error = "null", f"record {index} is nested deeper than {_MAX_NESTING} levels"
+        columns = {"id": "null", "data": _jsonb_safe(text), "merchant": "null", "transactional_id": "null"}
+        return LandingRow(key, columns, "F", None, None, self.committed_at, payload_raw=text,
+                          has_payload=True), error
+
+
+# -- bookkeeping ------------------------------------------------------------------------------------
+
+
+_FILE_STAGE_DDL = """
+create temp table if not exists _paynorm_file_stage (
+    ord bigint, lake_key text, row_data text, partial boolean, has_payload boolean, payload text,
+    payload_format text, decode_error text, shape_key text, op text, deleted boolean,
+    lake_lsn text, lake_xid bigint, committed_at text
+) on commit delete rows
+"""
+_STAGE_COLUMNS = ("lake_key, row_data, partial, has_payload, payload, payload_format, decode_error, shape_key, "
+                  "op, deleted, lake_lsn, lake_xid, committed_at")
+_STAGE_COPY = f"copy _paynorm_file_stage (ord, {_STAGE_COLUMNS}) from stdin"
+# A key repeated in a file (an envelope id seen twice) keeps its last record, as a re-read would.
+_STAGE_TO_LANDING = (f"insert into _paynorm_landing ({_STAGE_COLUMNS}) select distinct on (lake_key) {_STAGE_COLUMNS}"
+                     f" from _paynorm_file_stage order by lake_key, ord desc")
+# Records of an older version of the file that the new version no longer has.
+_TOMBSTONE_VANISHED = """
+update raw.lake_transactions t set deleted = true, op = 'F', loaded_at = clock_timestamp(),
+       load_seq = nextval('raw.load_seq')
+from (select lake_key from raw.lake_transactions
+      where source = %(source)s and source like 'file:%%' and not deleted
+      except
+      select lake_key from _paynorm_landing) gone
+where t.lake_key = gone.lake_key
+"""
+
+
+@dataclass
+class Known:
+    """The tracking row of a file, as stored."""
+
+    status: str
+    size: int | None
+    etag: str | None
+    mtime: datetime | None
+    sha256: str | None
+    error_code: str | None
+    started_at: datetime | None
+
+
+def _known(conn: psycopg.Connection, keys: list[str]) -> dict[str, Known]:
+    rows = conn.execute(
+        "select key, status, size, etag, mtime, sha256, error_code, started_at from paynorm.processed_files"
+        " where key = any(%s)", (keys,)).fetchall()
+    return {r[0]: Known(*r[1:]) for r in rows}
+
+
+def _same_listing(ref: FileRef, k: Known) -> bool:
+    if k.size != ref.size:
+        return False
+    if ref.etag is not None or k.etag is not None:
+        return k.etag == ref.etag
+    return k.mtime == ref.mtime
+
+
+def _racy(ref: FileRef, k: Known) -> bool:
+    """A local file written within the mtime granularity of our last read may have changed unseen."""
+    return ref.etag is None and (k.started_at is None
+                                 or (k.started_at - ref.mtime).total_seconds() < _RACY_SECONDS)
+
+
+def _now() -> datetime:
+    """The loader's clock (local mtimes are compared with it, so not the warehouse's)."""
+    return datetime.now(timezone.utc)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"  # pragma: no cover
+
+
+# -- progress -------------------------------------------------------------------------------------
+
+
+class _Progress:
+    """A one-line progress bar per file on stderr, only when stderr is a terminal."""
+
+    def __init__(self, label: str, total_bytes: int) -> None:
+        self.label = label if len(label) <= 40 else "…" + label[-39:]
+        self.total_bytes = total_bytes
+        self.total_rows: int | None = None
+        self.enabled = sys.stderr.isatty()
+        self.start = time.monotonic()
+        self.last = 0.0
+        self.done_bytes = 0
+        self.done_rows = 0
+
+    def bytes(self, n: int) -> None:
+        self.done_bytes = n
+        self._draw()
+
+    def rows(self, n: int) -> None:
+        self.done_rows = n
+        self._draw()
+
+    def _draw(self, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not force and now - self.last < 0.2:
+            return
+        self.last = now
+        if self.total_rows:
+            pct = min(self.done_rows / self.total_rows, 1.0)
+        else:
+            pct = min(self.done_bytes / self.total_bytes, 1.0) if self.total_bytes else 1.0
+        rate = self.done_rows / max(now - self.start, 1e-6)
+        sys.stderr.write(f"\r{self.label} [{'#' * int(pct * 30):<30}] {_human(self.done_bytes)}/"
+                         f"{_human(self.total_bytes)} {self.done_rows:,} records {rate:,.0f}/s")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._draw(force=True)
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+# -- loading ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadStats:
+    files_seen: int = 0
+    loaded: int = 0
+    skipped: int = 0  # unchanged (or failed and unchanged)
+    failed: int = 0
+    records: int = 0
+    rows_landed: int = 0
+    bad_records: int = 0
+    tombstoned: int = 0
+    bytes_read: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (key, error) of this run
+
+    def add(self, other: LoadStats) -> None:
+        for name in ("files_seen", "loaded", "skipped", "failed", "records", "rows_landed", "bad_records",
+                     "tombstoned", "bytes_read"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.failures += other.failures
+
+    def summary(self) -> str:
+        return (f"{self.files_seen} file(s) seen: {self.loaded} loaded ({self.records:,} records, "
+                f"{self.bad_records:,} with decode errors, {self.tombstoned:,} tombstoned), "
+                f"{self.skipped} unchanged, {self.failed} failed")
+
+
+@dataclass
+class LoadResult:
+    exit_code: int
+    message: str = ""
+    stats: LoadStats = field(default_factory=LoadStats)
+
+
+class FileLoader:
+    """Loads the files of one store into the warehouse, one transaction per file."""
+
+    def __init__(self, conn: psycopg.Connection, store: _Store, *, max_bytes: int, chunk: int,
+                 max_payload_bytes: int, payload_column: str = "", stop: threading.Event | None = None) -> None:
+        self.conn = conn
+        self.store = store
+        self.max_bytes = max_bytes
+        self.chunk = max(chunk, 1)
+        self.max_payload_bytes = max_payload_bytes
+        self.payload_column = payload_column
+        self.stop = stop or threading.Event()
+
+    # one pass over the store
+    def run_pass(self) -> LoadStats:
+        stats = LoadStats()
+        for page in self.store.pages():
+            known = _known(self.conn, [r.key for r in page])
+            for ref in page:
+                if self.stop.is_set():
+                    return stats
+                stats.files_seen += 1
+                self._one(ref, known.get(ref.key), stats)
+        return stats
+
+    def _one(self, ref: FileRef, k: Known | None, stats: LoadStats) -> None:
+        if k is not None and self._unchanged(ref, k, stats):
+            stats.skipped += 1
+            return
+        if ref.size > self.max_bytes:
+            self._fail(ref, FileError("too_large", f"file is {_human(ref.size)}, larger than the limit of "
+                                                   f"{_human(self.max_bytes)} (PAYNORM_FILES_MAX_BYTES): "
+                                                   f"not downloaded; split it or raise the limit"), None, stats)
+            return
+        if ref.size == 0:
+            self._fail(ref, FileError("empty", "empty file (0 bytes)"), None, stats)
+            return
+        if ref.fmt == "parquet" and not _have_pyarrow():  # say so before downloading anything
+            self._fail(ref, FileError("missing_dependency", _NO_PYARROW), None, stats)
+            return
+        started_at = _now()
+        self._mark_processing(ref, started_at)
+        started = time.monotonic()
+        progress = _Progress(ref.key, ref.size)
+        meters: list[_Meter] = []
+        error: FileError | None = None
+        outcome = None
+        try:
+            with self.conn.transaction():
+                outcome = self._load(ref, progress, meters, started_at, had_version=k is not None)
+        except _Vanished as e:
+            log.info("%s; skipped in this pass", e)
+            self._unmark(ref)
+            return
+        except FileError as e:
+            error = e
+        except UnicodeDecodeError as e:
+            bad = e.object[e.start:e.start + 1].hex() if isinstance(e.object, (bytes, bytearray)) else "?"
+            read = meters[0].bytes if meters else 0
+            error = FileError("not_utf8", f"not UTF-8: invalid byte 0x{bad} ({e.reason}) within the first "
+                                          f"{read:,} bytes")
+        except OSError as e:
+            error = FileError("io", f"cannot read: {e}")
+        except (psycopg.errors.DataError, psycopg.errors.ProgramLimitExceeded,
+                psycopg.errors.CardinalityViolation) as e:
+            error = FileError("refused", f"the warehouse refused the file's rows: {str(e).strip().splitlines()[0]}")
+        finally:
+            progress.close()
+            stats.bytes_read += meters[0].bytes if meters else 0
+        if error is not None:
+            whole = bool(meters) and meters[0].bytes == ref.size  # a hash only of content read to its end
+            self._fail(ref, error, meters[0].sha.hexdigest() if whole else None, stats, started_at)
+            return
+        if outcome is None:  # another loader committed this version while we waited for its lock
+            stats.skipped += 1
+            return
+        records, landed, bad_records, gone = outcome
+        stats.loaded += 1
+        stats.records += records
+        stats.rows_landed += landed
+        stats.bad_records += bad_records
+        stats.tombstoned += gone
+        log.info("loaded %s (%s, %s): %s records, %s rows landed%s%s, %.1fs", ref.key, ref.fmt, _human(ref.size),
+                 f"{records:,}", f"{landed:,}", f", {bad_records:,} with decode errors" if bad_records else "",
+                 f", {gone:,} records of the previous version tombstoned" if gone else "",
+                 time.monotonic() - started)
+
+    def _unchanged(self, ref: FileRef, k: Known, stats: LoadStats) -> bool:
+        if k.status == "processing":
+            return False  # an earlier load was interrupted: nothing of it committed, load again
+        if not _same_listing(ref, k):
+            if ref.etag is None and k.size == ref.size and k.sha256 and k.status == "completed":
+                return self._same_hash(ref, k, stats)  # a touched local file: compare contents
+            return False
+        if k.status == "failed":
+            if k.error_code in _RETRYABLE:
+                return False
+            if k.error_code == "too_large" and ref.size <= self.max_bytes:
+                return False  # the limit was raised
+            return True
+        if ref.etag is None and _racy(ref, k):
+            return self._same_hash(ref, k, stats)
+        return True
+
+    def _same_hash(self, ref: FileRef, k: Known, stats: LoadStats) -> bool:
+        """Local files only: hash the content; same content → just remember the new mtime."""
+        sha = hashlib.sha256()
+        try:
+            with open(ref.location, "rb") as f:
+                while chunk := f.read(_READ_CHUNK):
+                    sha.update(chunk)
+                    stats.bytes_read += len(chunk)
+        except OSError:
+            return False
+        if sha.hexdigest() != k.sha256:
+            return False
+        self.conn.execute("update paynorm.processed_files set mtime = %s, started_at = %s, updated_at = now()"
+                          " where key = %s", (ref.mtime, _now(), ref.key))
+        return True
+
+    def _mark_processing(self, ref: FileRef, started: datetime) -> None:
+        """Committed on its own: an interrupted load stays visible as 'processing' (and is loaded again)."""
+        self.conn.execute(
+            """
+            insert into paynorm.processed_files as p (key, store, size, etag, mtime, format, status, attempts,
+                started_at, first_seen_at, updated_at)
+            values (%(key)s, %(store)s, %(size)s, %(etag)s, %(mtime)s, %(fmt)s, 'processing', 1, %(started)s, now(),
+                    now())
+            on conflict (key) do update set size = excluded.size, etag = excluded.etag, mtime = excluded.mtime,
+                format = excluded.format, status = 'processing', attempts = p.attempts + 1,
+                started_at = excluded.started_at, finished_at = null, updated_at = now()
+            -- a concurrent loader that just completed this very version keeps its row (we skip it then)
+            where not (p.status = 'completed' and p.size = excluded.size and p.etag is not distinct from excluded.etag
+                       and p.mtime = excluded.mtime)
+            """,
+            {"key": ref.key, "store": self.store.kind, "size": ref.size, "etag": ref.etag, "mtime": ref.mtime,
+             "fmt": ref.fmt, "started": started})
+
+    def _unmark(self, ref: FileRef) -> None:
+        self.conn.execute("update paynorm.processed_files set status = 'failed', error_code = 'io', error = %s,"
+                          " finished_at = %s, updated_at = now() where key = %s and status = 'processing'",
+                          ("changed or deleted while being listed; retried at the next pass", _now(), ref.key))
+
+    def _fail(self, ref: FileRef, e: FileError, sha: str | None, stats: LoadStats,
+              started: datetime | None = None) -> None:
+        log.error("file %s failed: %s", ref.key, e.message)
+        finished = _now()
+        stats.failed += 1
+        stats.failures.append((ref.key, e.message))
+        self.conn.execute(
+            """
+            insert into paynorm.processed_files as p (key, store, size, etag, mtime, sha256, format, status,
+                records, error, error_code, attempts, started_at, finished_at, duration_ms, first_seen_at, updated_at)
+            values (%(key)s, %(store)s, %(size)s, %(etag)s, %(mtime)s, %(sha)s, %(fmt)s, 'failed', 0, %(err)s,
+                    %(code)s, 1, %(started)s, %(finished)s, %(ms)s, now(), now())
+            on conflict (key) do update set size = excluded.size, etag = excluded.etag, mtime = excluded.mtime,
+                sha256 = excluded.sha256, format = excluded.format, status = 'failed', records = 0,
+                error = excluded.error, error_code = excluded.error_code,
+                attempts = case when p.status = 'processing' then p.attempts else p.attempts + 1 end,
+                started_at = excluded.started_at, finished_at = excluded.finished_at,
+                duration_ms = excluded.duration_ms, updated_at = now()
+            """,
+            {"key": ref.key, "store": self.store.kind, "size": ref.size, "etag": ref.etag, "mtime": ref.mtime,
+             "sha": sha, "fmt": ref.fmt, "err": e.message[:2000], "code": e.code, "started": started or finished,
+             "finished": finished, "ms": int((finished - (started or finished)).total_seconds() * 1000)})
+
+    def _records(self, ref: FileRef, progress: _Progress, meter_box: list[_Meter]) -> Iterator[_Record]:
+        def meter(raw: Any) -> _Meter:
+            m = _Meter(raw, self.max_bytes, progress)
+            meter_box.append(m)
+            return m
+
+        if ref.fmt == "parquet":
+            with self.store.seekable(ref, meter) as path:  # type: ignore[attr-defined]
+                yield from _iter_parquet(path, self.chunk, progress)
+            return
+        with self.store.open(ref) as raw:
+            m = meter(raw)
+            if ref.fmt == "jsonl":
+                yield from _iter_jsonl(_text(m))
+            elif ref.fmt == "csv":
+                yield from _iter_csv(_text(m, newline=""))
+            else:
+                yield from _JsonArray(_text(m), as_lines_fallback=self.store.fmt == "auto")
+            if m.bytes == 0:
+                raise FileError("empty", "empty file (0 bytes)")
+
+    def _load(self, ref: FileRef, progress: _Progress, meter_box: list[_Meter], started: datetime,
+              had_version: bool) -> tuple[int, int, int, int] | None:
+        """Inside the file's transaction: stage every record, upsert once, tombstone, complete the row."""
+        conn = self.conn
+        row = conn.execute("select status, size, etag, mtime, started_at from paynorm.processed_files"
+                           " where key = %s for update", (ref.key,)).fetchone()
+        if row is not None and row[0] == "completed" and row[1] == ref.size and row[2] == ref.etag \
+                and row[3] == ref.mtime:
+            return None  # a concurrent loader committed this very version while we waited for the lock
+        source = f"file:{ref.key}"
+        converter = RecordConverter(ref, self.payload_column)
+        conn.execute(STAGING_DDL)
+        conn.execute(_FILE_STAGE_DDL)
+        batch = LandingBatch(source, self.max_payload_bytes)
+        last_index: dict[str, int] = {}
+        overrides: dict[str, str] = {}
+        records = bad = 0
+        for index, (rec, error) in enumerate(self._records(ref, progress, meter_box)):
+            landing_row, override = converter.convert(index, rec, error)
+            batch.add(landing_row)
+            last_index[landing_row.lake_key] = index
+            if override is not None:
+                overrides[landing_row.lake_key] = override
+            elif landing_row.lake_key in overrides:
+                del overrides[landing_row.lake_key]
+            records += 1
+            if len(batch) >= self.chunk:
+                bad += self._stage(batch, last_index, overrides)
+                progress.rows(records)
+                crashpoint("file_chunk")
+        bad += self._stage(batch, last_index, overrides)
+        progress.rows(records)
+        sha = meter_box[0].sha.hexdigest() if meter_box else None
+        with conn.cursor() as cur:
+            cur.execute(_STAGE_TO_LANDING)
+            cur.execute("analyze _paynorm_landing")  # a temp table has no statistics: plan the upsert on real ones
+            cur.execute(UPSERT_FROM_STAGING, {"source": source})
+            landed = cur.rowcount
+            gone = 0
+            if had_version:  # a set difference (hashed), never a nested loop over the file's rows
+                cur.execute(_TOMBSTONE_VANISHED, {"source": source})
+                gone = cur.rowcount
+            cur.execute(
+                """
+                update paynorm.processed_files set status = 'completed', sha256 = %(sha)s, format = %(fmt)s,
+                    records = %(records)s, rows_landed = %(landed)s, bad_records = %(bad)s, tombstoned = %(gone)s,
+                    error = null, error_code = null, started_at = %(started)s, finished_at = %(finished)s,
+                    duration_ms = %(ms)s, updated_at = now()
+                where key = %(key)s
+                """,
+                {"sha": sha, "fmt": ref.fmt, "records": records, "landed": landed, "bad": bad, "gone": gone,
+                 "key": ref.key, "started": started, "finished": (finished := _now()),
+                 "ms": int((finished - started).total_seconds() * 1000)})
+        crashpoint("file_before_commit")
+        return records, landed, bad, gone
+
+    def _stage(self, batch: LandingBatch, last_index: dict[str, int], overrides: dict[str, str]) -> int:
+        """COPY the buffered rows (decoded by the landing's own encoder) into the file's stage table."""
+        if not batch.rows:
+            return 0
+        bad = 0
+        with self.conn.cursor() as cur:
+            with cur.copy(_STAGE_COPY) as copy:
+                for rec in staged_records(batch):
+                    key = rec[0]
+                    err = overrides.get(key)
+                    if err is not None:  # the record itself is broken: keep its text, say why
+                        rec = (key, rec[1], rec[2], rec[3], None, "text", err, None, *rec[8:])
+                    if rec[4] is None and rec[6] is not None:
+                        bad += 1
+                    copy.write_row((last_index[key], *rec))
+        batch.clear()
+        last_index.clear()
+        overrides.clear()
+        return bad
+
+
+# -- the entry point --------------------------------------------------------------------------------
+
+
+def load(settings: Settings, uri: str | None = None, *, once: bool = True, interval: float | None = None,
+         prefix: str | None = None, fmt: str | None = None, pattern: str | None = None,
+         endpoint_url: str | None = None, stop: threading.Event | None = None,
+         max_passes: int | None = None) -> LoadResult:
+    """Load the files under ``uri`` (a folder or ``s3://bucket/prefix``) into ``raw.lake_transactions``.
+
+    Arguments left None come from ``settings`` (``files_path``, ``interval``, ``files_prefix``,
+    ``files_format``, ``files_glob``, ``s3_endpoint_url``). With ``once`` it makes one pass and
+    returns (exit code 1 when a file failed in this pass); otherwise it passes again every
+    ``interval`` seconds until ``stop`` is set, reconnecting with back-off when the warehouse or the
+    store is unreachable.
+    """
+    stop = stop or threading.Event()
+    uri = uri or settings.files_path
+    if not uri:
+        return LoadResult(EXIT_CONFIG, "give a folder or s3://bucket/prefix to load (or set PAYNORM_FILES_PATH)")
+    if not settings.warehouse_dsn:
+        return LoadResult(EXIT_CONFIG, "set DATABASE_URL (or run `paynorm dev up` and source .paynorm/env)")
+    interval = settings.interval if interval is None else interval
+    try:
+        store = open_store(uri, prefix=settings.files_prefix if prefix is None else prefix,
+                           pattern=settings.files_glob if pattern is None else pattern,
+                           fmt=settings.files_format if fmt is None else fmt,
+                           endpoint_url=(settings.s3_endpoint_url if endpoint_url is None else endpoint_url) or None)
+    except (ConfigError, StoreError) as e:
+        return LoadResult(EXIT_CONFIG, str(e))
+    log.info("loading files from %s into %s (format %s)", store.label, redact_dsn(settings.warehouse_dsn),
+             store.fmt)
+    total = LoadStats()
+    conn: psycopg.Connection | None = None
+    backoff = 1.0
+    passes = failures_in_a_row = 0
+    try:
+        while not stop.is_set():
+            try:
+                if conn is None or conn.closed:
+                    conn = psycopg.connect(settings.warehouse_dsn, autocommit=True, application_name="paynorm-files")
+                    init_warehouse(conn)
+                loader = FileLoader(conn, store, max_bytes=settings.files_max_bytes, chunk=settings.files_chunk,
+                                    max_payload_bytes=settings.max_payload_bytes,
+                                    payload_column=settings.payload_column, stop=stop)
+                stats = loader.run_pass()
+            except (StoreError, psycopg.OperationalError, psycopg.InterfaceError) as e:
+                failures_in_a_row += 1
+                what = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                if isinstance(e, psycopg.Error):
+                    what = f"warehouse unreachable: {what}"
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+                if once and failures_in_a_row >= 3:
+                    return LoadResult(EXIT_FAILED, what, total)
+                log.warning("%s; retrying in %.0fs", what, backoff)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, settings.max_backoff)
+                continue
+            failures_in_a_row = 0
+            backoff = 1.0
+            passes += 1
+            total.add(stats)
+            log.info("pass over %s: %s", store.label, stats.summary())
+            if once or (max_passes is not None and passes >= max_passes):
+                return LoadResult(EXIT_FAILED if stats.failed else EXIT_OK,
+                                  f"{stats.failed} file(s) failed: see paynorm.processed_files" if stats.failed
+                                  else "", total)
+            stop.wait(interval)
+        return LoadResult(EXIT_OK, "", total)
+    finally:
+        if conn is not None:
+            conn.close()
+        store.close()

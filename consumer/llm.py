@@ -1,0 +1,1397 @@
+"""The LLM step: one validated mapping rule per payload shape no rule knows.
+
+``run_llm_step`` finds the landed rows that no active rule matches, groups them by ``shape_key`` and,
+for each shape not tried yet, makes ONE request to an OpenAI-compatible chat endpoint (the official
+``openai`` client) for a mapping rule — never for the values of a row:
+
+- the request: the versioned prompt ``prompts/mapping_rule_v1.md`` (system message without any
+  payload; a user message with a few redacted samples, delimited and declared to be data) and a
+  strict JSON-schema response format derived from ``mappings/schema.json`` (canonical field names,
+  canonical enums as enums);
+- the answer becomes a rule (origin ``llm``) that is validated before use: the rule schema and its
+  paths compiled in PostgreSQL (``mappings.validate_rule``), the LLM policy (no constant amount,
+  status or identifier; a constant provider, currency, payment method or card network must appear
+  in the samples; the status map must not contradict the status vocabulary seed), and the rule
+  applied in SQL to EVERY row it would capture (its ``match`` covers the shape and captures no row
+  another active rule matches; canonical status for the large majority; valid, non-negative
+  amounts; ISO currencies and countries; parseable timestamps; every path finds something);
+- a refused rule gets ONE repair round with the errors, then the shape is marked ``unmappable``
+  in ``paynorm.llm_shapes`` (its rows go to quarantine ``llm_unmappable``) until the model or the
+  prompt changes, or ``retry_unmappable``;
+- accepted rules go to ``paynorm.mappings`` (active, or ``proposed`` when
+  ``PAYNORM_LLM_AUTO_ACTIVATE=false``) with the model, the prompt hash and the validation figures;
+- every HTTP request is recorded in ``paynorm.llm_calls``. 429 / 5xx / timeouts / connection
+  errors are retried with exponential back-off; when the retries are spent the shape keeps waiting
+  (no ``llm_shapes`` row: its rows stay pending) and the run goes on. ``max_calls`` and
+  ``max_tokens`` bound a run.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import hashlib
+import json
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from consumer import mappings, redact
+from consumer.decode import shape_paths
+from consumer.jsonutil import dumps_exact, loads_exact
+from consumer.settings import Settings
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = mappings.REPO_ROOT
+PROMPT_PATH = REPO_ROOT / "prompts" / "mapping_rule_v1.md"
+SEEDS_DIR = REPO_ROOT / "seeds"
+LANDING = "raw.lake_transactions"
+INTERMEDIATE = "paynorm_intermediate.int_transactions_normalized"
+LLM_RULE_PRIORITY = 50  # below the built-in rules' default (100): a built-in rule wins any overlap
+LOCK_KEY = 0x70A1_11A0  # advisory lock: one LLM step at a time per warehouse
+# Fields an LLM rule may hold as a constant (everything else must come from the payload).
+LLM_CONST_FIELDS = ("currency", "event_type", "payment_method", "card_network")
+# Text constants that must appear in the samples the model saw.
+CONST_MUST_APPEAR = ("currency", "payment_method", "card_network")
+PAYLOAD_KEYS = ("data", "transaction_data", "payload")  # lake row columns that hold the payload
+_STATUS_KEY_RE = re.compile(
+    r"(^|[_@-])(status|state|result|outcome|decision|result_?code|response_?code|reason_?code|"
+    r"return_?code|resp_?code|code|approved|success|successful|event_?code|event_?type|type|kind)$", re.I)
+_NEGATIVE_TOKEN_RE = re.compile(r"declin|refus|reject|denied|deny|fail|error|cancel|void|expir|fraud|"
+                                r"insufficient|not_?auth|unauthori|blocked|invalid|revers|chargeback", re.I)
+RETRYABLE = ("rate_limited", "server_error", "timeout", "connection_error")
+
+
+class LlmError(RuntimeError):
+    """The LLM step cannot run (configuration, another step running)."""
+
+
+# -- the prompt and the response schema -------------------------------------------------------------
+
+
+def _prompt_sections(path: str = str(PROMPT_PATH)) -> dict[str, str]:
+    text = Path(path).read_text()
+    parts = re.split(r"^=== (\w+) ===[ \t]*\n", text, flags=re.M)
+    sections = {parts[i]: parts[i + 1].strip() + "\n" for i in range(1, len(parts) - 1, 2)}
+    missing = {"system", "user", "repair"} - sections.keys()
+    if missing:
+        raise LlmError(f"{path}: missing prompt section(s) {sorted(missing)}")
+    return sections
+
+
+def _fill(template: str, values: dict[str, Any]) -> str:
+    out = template
+    for k, v in values.items():
+        out = out.replace("{{" + k + "}}", str(v))
+    return out
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _strict_value(prop: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """A strict-mode schema for one property of the rule schema (enums kept, patterns dropped)."""
+    if "$ref" in prop:
+        prop = defs[prop["$ref"].split("/")[-1]]
+    if "enum" in prop:
+        return {"type": "string", "enum": list(prop["enum"])}
+    t = prop.get("type")
+    if isinstance(t, list):  # e.g. const: [string, number] -> string
+        t = "string" if "string" in t else t[0]
+    if t == "boolean":
+        return {"type": "boolean"}
+    if t in ("integer", "number"):
+        return {"type": t}
+    return {"type": "string"}
+
+
+def _strict_field(def_: dict[str, Any], defs: dict[str, Any], *, allow_const: bool, required: bool) -> dict[str, Any]:
+    props: dict[str, Any] = {}
+    for key, prop in def_.get("properties", {}).items():
+        if key in ("cases", "default", "vocabulary"):
+            continue  # LLM rules take values from the payload: no cases, no defaults
+        if key == "const" and not allow_const:
+            continue
+        if key == "map":
+            value = _strict_value(prop.get("additionalProperties", {"type": "string"}), defs)
+            props["map"] = _nullable({
+                "type": "array",
+                "description": "raw value (as in the payload) -> canonical value",
+                "items": {"type": "object", "additionalProperties": False, "required": ["raw", "value"],
+                          "properties": {"raw": {"type": "string"}, "value": value}},
+            })
+            continue
+        props[key] = _nullable(_strict_value(prop, defs))
+    obj = {"type": "object", "additionalProperties": False, "required": list(props), "properties": props}
+    return obj if required else _nullable(obj)
+
+
+@functools.lru_cache(maxsize=1)
+def response_schema() -> dict[str, Any]:
+    """The strict JSON schema of the answer, derived from mappings/schema.json.
+
+    ``{"mappable": bool, "reason": str, "rule": {description, provider, match, fields} | null}``;
+    every canonical field is present (null when unused); field specs keep path, row_path, regex,
+    map (as a list of {raw, value}), unit/format/country enums and flags; constants only where an
+    LLM rule may hold one; no cases or defaults. ``id``, ``formats`` and ``priority`` are set by
+    paynorm, not by the model.
+    """
+    schema = mappings.load_schema()
+    defs = schema["$defs"]
+    field_props = schema["properties"]["fields"]["properties"]
+    fields: dict[str, Any] = {}
+    for name in mappings.CANONICAL_RULE_FIELDS:
+        def_ = defs[field_props[name]["$ref"].split("/")[-1]]
+        fields[name] = _strict_field(def_, defs, allow_const=name in LLM_CONST_FIELDS, required=name == "status")
+    provider = _strict_field(defs["provider"], defs, allow_const=True, required=True)
+    rule = {
+        "type": "object", "additionalProperties": False,
+        "required": ["description", "provider", "match", "fields"],
+        "properties": {
+            "description": {"type": "string", "description": "What the shape is (provider, object, operation)."},
+            "provider": provider,
+            "match": {"type": "string", "description": "SQL/JSON path filter: '$ ? (<condition>)'."},
+            "fields": {"type": "object", "additionalProperties": False, "required": list(fields),
+                       "properties": fields},
+        },
+    }
+    return {
+        "type": "object", "additionalProperties": False, "required": ["mappable", "reason", "rule"],
+        "properties": {
+            "mappable": {"type": "boolean", "description": "false when the samples are not payment events."},
+            "reason": {"type": "string"},
+            "rule": _nullable(rule),
+        },
+    }
+
+
+def prompt_hash() -> str:
+    """Hash of the prompt file and the response schema: a new value retries unmappable shapes."""
+    h = hashlib.sha256(PROMPT_PATH.read_bytes())
+    h.update(json.dumps(response_schema(), sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def response_format() -> dict[str, Any]:
+    return {"type": "json_schema",
+            "json_schema": {"name": "paynorm_mapping_rule", "strict": True, "schema": response_schema()}}
+
+
+# -- seeds (the same CSVs dbt loads) ----------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _seeds() -> dict[str, Any]:
+    def rows(name: str) -> list[dict[str, str]]:
+        with open(SEEDS_DIR / f"{name}.csv", newline="") as f:
+            return list(csv.DictReader(f))
+
+    currencies: dict[str, tuple[str, int]] = {}
+    for r in rows("currencies"):
+        exp = int(r["exponent"]) if (r.get("exponent") or "").strip().isdigit() else None
+        if exp is None:
+            continue
+        currencies[r["currency"].upper()] = (r["currency"].upper(), exp)
+        if (r.get("numeric_code") or "").strip():
+            currencies[r["numeric_code"].strip().zfill(3)] = (r["currency"].upper(), exp)
+    countries: dict[str, str] = {}
+    for r in rows("countries"):
+        for k in ("alpha2", "alpha3", "numeric_code"):
+            if (r.get(k) or "").strip():
+                countries[r[k].strip().upper()] = r["alpha2"]
+    vocab: dict[tuple[str, str], str] = {}
+    for r in rows("status_vocabulary"):
+        vocab[(r["provider"], r["token"].strip().lower())] = r["status"]
+    return {"currencies": currencies, "countries": countries, "vocab": vocab}
+
+
+def vocabulary_status(token: str | None, provider: str | None) -> str | None:
+    if token is None:
+        return None
+    v = _seeds()["vocab"]
+    t = token.strip().lower()
+    return v.get((provider or "", t)) or v.get(("*", t))
+
+
+def _code_key(text: str | None) -> str | None:
+    if text is None or not text.strip():
+        return None
+    t = text.strip()
+    return t.zfill(3) if re.fullmatch(r"[0-9]{1,3}", t) else t.upper()
+
+
+# -- SQL building blocks ----------------------------------------------------------------------------
+
+
+def _json_value(root: str, path: str) -> sql.Composable:
+    return sql.SQL("(jsonb_path_query_first({}, {}::jsonpath, '{{}}'::jsonb, true) #>> '{{}}')").format(
+        sql.SQL(root), sql.Literal(path))
+
+
+def _raw(spec: dict[str, Any] | None, alias: str = "l") -> sql.Composable:
+    if not isinstance(spec, dict):
+        return sql.SQL("null::text")
+    if isinstance(spec.get("path"), str):
+        expr = _json_value(f"{alias}.payload", spec["path"])
+    elif isinstance(spec.get("row_path"), str):
+        expr = _json_value(f"{alias}.row_data", spec["row_path"])
+    elif spec.get("const") is not None:
+        expr = sql.SQL("{}::text").format(sql.Literal(str(spec["const"])))
+    else:
+        expr = sql.SQL("null::text")
+    if isinstance(spec.get("regex"), str) and spec["regex"]:
+        expr = sql.SQL("substring({} from {})").format(expr, sql.Literal(spec["regex"]))
+    return expr
+
+
+def _map(expr: sql.Composable, spec: dict[str, Any] | None) -> sql.Composable:
+    m = spec.get("map") if isinstance(spec, dict) else None
+    if not isinstance(m, dict) or not m:
+        return sql.SQL("null::text")
+    whens = [sql.SQL("when {} then {}").format(sql.Literal(str(k).strip().lower()), sql.Literal(str(v)))
+             for k, v in m.items()]
+    return sql.SQL("case lower(btrim({})) {} end").format(expr, sql.SQL(" ").join(whens))
+
+
+def _cases(spec: dict[str, Any] | None, alias: str = "l") -> sql.Composable:
+    cases = spec.get("cases") if isinstance(spec, dict) else None
+    if not isinstance(cases, list) or not cases:
+        return sql.SQL("null::text")
+    whens = [sql.SQL("when jsonb_path_exists({}.payload, {}::jsonpath, '{{}}'::jsonb, true) then {}").format(
+        sql.SQL(alias), sql.Literal(c["when"]), sql.Literal(str(c["value"]))) for c in cases]
+    return sql.SQL("case {} end").format(sql.SQL(" ").join(whens))
+
+
+def _enum(spec: dict[str, Any] | None, alias: str = "l") -> sql.Composable:
+    if not isinstance(spec, dict):
+        return sql.SQL("null::text")
+    const = spec.get("const")
+    return sql.SQL("coalesce({}, {}, {}::text)").format(
+        _cases(spec, alias), _map(_raw(spec, alias), spec), sql.Literal(None if const is None else str(const)))
+
+
+def _text(spec: dict[str, Any] | None, alias: str = "l") -> sql.Composable:
+    if not isinstance(spec, dict):
+        return sql.SQL("null::text")
+    raw = _raw(spec, alias)
+    return sql.SQL("coalesce({}, {}, nullif(btrim({}), ''), {}::text)").format(
+        _cases(spec, alias), _map(raw, spec), raw, sql.Literal(spec.get("default")))
+
+
+def _provider(spec: Any, alias: str = "l") -> sql.Composable:
+    if not isinstance(spec, dict):
+        return sql.SQL("'unknown'::text")
+    if spec.get("const"):
+        return sql.SQL("{}::text").format(sql.Literal(str(spec["const"])))
+    raw = _raw(spec, alias)
+    return sql.SQL("coalesce({}, nullif(btrim(regexp_replace(lower(btrim({})), '[^a-z0-9]+', '_', 'g'), '_'), ''), "
+                   "{}::text, 'unknown')").format(_map(raw, spec), raw, sql.Literal(spec.get("default")))
+
+
+def _active_rules(conn: psycopg.Connection, exclude: str | None = None) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return list(cur.execute(
+            "select id, formats, match from paynorm.mappings where status = 'active' "
+            "and (%s::text is null or id <> %s) order by priority desc, id", (exclude, exclude)).fetchall())
+
+
+def _match_sql(rules: Iterable[dict[str, Any]], alias: str = "l") -> sql.Composable:
+    """True when one of ``rules`` (dicts with formats and match) matches the row ``alias``."""
+    parts = [sql.SQL("({a}.payload_format = any({f}::text[]) and "
+                     "jsonb_path_exists({a}.payload, {m}::jsonpath, '{{}}'::jsonb, true))").format(
+        a=sql.SQL(alias), f=sql.Literal(list(r["formats"])), m=sql.Literal(r["match"])) for r in rules]
+    if not parts:
+        return sql.SQL("false")
+    return sql.SQL("({})").format(sql.SQL(" or ").join(parts))
+
+
+LIVE = sql.SQL("not l.deleted and l.decode_error is null and l.payload is not null "
+               "and l.payload_format <> 'empty' and l.shape_key is not null")
+
+
+# -- finding the shapes that wait --------------------------------------------------------------------
+
+
+@dataclass
+class Shape:
+    shape_key: str
+    payload_format: str
+    rows: int
+    llm_status: str | None = None  # paynorm.llm_shapes status when tried before (retry)
+
+
+def _intermediate_filter(conn: psycopg.Connection, active_ids: list[str]) -> sql.Composable:
+    """Skip rows the dbt intermediate model already matched (same image) to a still-active rule."""
+    if not active_ids or conn.execute("select to_regclass(%s)", (INTERMEDIATE,)).fetchone()[0] is None:
+        return sql.SQL("true")
+    return sql.SQL("not exists (select 1 from {} as t where t.lake_key = l.lake_key and t.load_seq = l.load_seq "
+                   "and t.mapping_id = any({}::text[]))").format(sql.SQL(INTERMEDIATE), sql.Literal(active_ids))
+
+
+def unmatched_shapes(conn: psycopg.Connection) -> list[Shape]:
+    """Every shape with live rows that no active rule matches (row counts), biggest first."""
+    rules = _active_rules(conn)
+    q = sql.SQL("select l.shape_key, min(l.payload_format), count(*) from {landing} as l "
+                "where {live} and {inter} and not {match} group by l.shape_key "
+                "order by count(*) desc, l.shape_key").format(
+        landing=sql.SQL(LANDING), live=LIVE, inter=_intermediate_filter(conn, [r["id"] for r in rules]),
+        match=_match_sql(rules))
+    return [Shape(k, f, n) for k, f, n in conn.execute(q).fetchall()]
+
+
+def waiting_shapes(conn: psycopg.Connection, *, model: str, phash: str,
+                   retry_unmappable: bool = False) -> tuple[list[Shape], list[Shape]]:
+    """(shapes to ask about, shapes already tried and left as they are)."""
+    tried = {r[0]: (r[1], r[2], r[3]) for r in conn.execute(
+        "select shape_key, status, model, prompt_hash from paynorm.llm_shapes").fetchall()}
+    todo, done = [], []
+    for s in unmatched_shapes(conn):
+        t = tried.get(s.shape_key)
+        if t is None:
+            todo.append(s)
+            continue
+        s.llm_status = t[0]
+        changed = (t[1] is not None and t[1] != model) or (t[2] is not None and t[2] != phash)
+        if t[0] in ("unmappable", "failed") and (retry_unmappable or changed):
+            todo.append(s)
+        else:
+            done.append(s)
+    return todo, done
+
+
+# -- samples -----------------------------------------------------------------------------------------
+
+
+def _status_like_paths(obj: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out: list[tuple[str, ...]] = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if isinstance(v, dict):
+                out += _status_like_paths(v, (*prefix, str(k)))
+            elif not isinstance(v, list) and _STATUS_KEY_RE.search(re.sub(r"(?<=[a-z])(?=[A-Z])", "_", str(k))):
+                out.append((*prefix, str(k)))
+    return out[:8]
+
+
+@dataclass
+class Sample:
+    lake_key: str
+    payload: Any
+    row: dict[str, Any]
+
+
+def pick_samples(conn: psycopg.Connection, shape_key: str, n: int,
+                 not_matched: sql.Composable | None = None) -> list[Sample]:
+    """Up to ``n`` rows of the shape: one per distinct combination of status-like values first
+    (most frequent first), then the most recent others."""
+    base = sql.SQL("from {} as l where l.shape_key = {} and {} and {}").format(
+        sql.SQL(LANDING), sql.Literal(shape_key), LIVE, not_matched if not_matched is not None else sql.SQL("true"))
+    first = conn.execute(sql.SQL("select l.payload::text ") + base + sql.SQL(" limit 1")).fetchone()
+    if first is None:
+        return []
+    paths = _status_like_paths(loads_exact(first[0]))
+    sig = (sql.SQL("jsonb_build_array({})").format(sql.SQL(", ").join(
+        sql.SQL("l.payload #> {}::text[]").format(sql.Literal(list(p))) for p in paths)) if paths
+           else sql.SQL("'[]'::jsonb"))
+    keys = [r[0] for r in conn.execute(
+        sql.SQL("select (array_agg(l.lake_key order by l.load_seq desc))[1] ") + base
+        + sql.SQL(" group by {} order by count(*) desc, 1 limit {}").format(sig, sql.Literal(n))).fetchall()]
+    if len(keys) < n:
+        keys += [r[0] for r in conn.execute(
+            sql.SQL("select l.lake_key ") + base + sql.SQL(" and not (l.lake_key = any({}::text[])) "
+                                                           "order by l.load_seq desc limit {}").format(
+                sql.Literal(keys), sql.Literal(n - len(keys)))).fetchall()]
+    rows = conn.execute(sql.SQL("select lake_key, payload::text, row_data::text from {} "
+                                "where lake_key = any({}::text[]) order by load_seq desc").format(
+        sql.SQL(LANDING), sql.Literal(keys))).fetchall()
+    out = []
+    for key, payload, row_data in rows:
+        row = loads_exact(row_data) if row_data else {}
+        row = {k: v for k, v in (row or {}).items() if k not in PAYLOAD_KEYS} if isinstance(row, dict) else {}
+        out.append(Sample(key, loads_exact(payload), row))
+    return out
+
+
+def _trim_arrays(value: Any, keep: int = 3) -> Any:
+    """Arrays cut to their first items: the shape is the same, the prompt much shorter."""
+    if isinstance(value, dict):
+        return {k: _trim_arrays(v, keep) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_trim_arrays(v, keep) for v in value[:keep]]
+    return value
+
+
+MAX_SAMPLES_CHARS = 24000  # samples beyond this size are dropped (at least one is always sent)
+
+
+def redacted_samples(samples: list[Sample]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    size = 0
+    for s in samples:
+        red = redact.redact_record(_trim_arrays({"payload": s.payload, "row": s.row}))
+        size += len(dumps_exact(red))
+        if out and size > MAX_SAMPLES_CHARS:
+            break
+        out.append(red)
+    return out
+
+
+# -- the request ------------------------------------------------------------------------------------
+
+
+def build_messages(shape: Shape, samples: list[Sample]) -> list[dict[str, str]]:
+    """System message (no payload) + user message with the redacted samples between data markers."""
+    sec = _prompt_sections()
+    lines = [dumps_exact(s) for s in redacted_samples(samples)]
+    body = "\n".join(lines)
+    nonce = hashlib.sha256(body.encode()).hexdigest()[:12]  # never inside the data it delimits
+    paths = sorted(shape_paths(samples[0].payload)) if samples else []
+    user = _fill(sec["user"], {
+        "SHAPE_KEY": shape.shape_key, "PAYLOAD_FORMAT": shape.payload_format, "ROW_COUNT": shape.rows,
+        "SHAPE_PATHS": "\n".join(f"  {redact.redact_text(p, max_len=200)}" for p in paths[:300]),
+        "NONCE": nonce, "SAMPLE_COUNT": len(lines), "SAMPLES": body,
+    })
+    return [{"role": "system", "content": sec["system"]}, {"role": "user", "content": user}]
+
+
+def build_request(settings: Settings, messages: list[dict[str, str]]) -> dict[str, Any]:
+    """The exact body sent to POST /chat/completions."""
+    return {"model": settings.llm_model, "messages": messages, "response_format": response_format(),
+            "temperature": 0, "max_completion_tokens": settings.llm_max_output_tokens}
+
+
+def repair_messages(messages: list[dict[str, str]], answer: str, errors: list[str]) -> list[dict[str, str]]:
+    text = "\n".join(f"- {redact.redact_text(e, max_len=400)}" for e in errors[:25])
+    return [*messages, {"role": "assistant", "content": answer[:20000]},
+            {"role": "user", "content": _fill(_prompt_sections()["repair"], {"ERRORS": text})}]
+
+
+def _estimate_tokens(request: dict[str, Any]) -> int:
+    return len(json.dumps(request)) // 4 + request.get("max_completion_tokens", 0) // 8
+
+
+# -- calling the endpoint -----------------------------------------------------------------------------
+
+
+@dataclass
+class CallResult:
+    outcome: str  # ok | rate_limited | server_error | timeout | connection_error | http_error | budget
+    content: str | None = None
+    refusal: str | None = None
+    finish_reason: str | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    latency_ms: int = 0
+    error: str | None = None
+    retry_after: float | None = None
+    attempt: int = 1
+
+
+def _client(settings: Settings) -> Any:
+    from openai import OpenAI
+
+    for name in ("openai", "httpx", "httpcore"):  # their DEBUG logs dump requests; the key must never be logged
+        lg = logging.getLogger(name)
+        if lg.getEffectiveLevel() < logging.INFO:
+            lg.setLevel(logging.INFO)
+    return OpenAI(api_key=settings.openai_api_key, base_url=settings.openai_base_url or None,
+                  timeout=settings.llm_timeout, max_retries=0)
+
+
+def _one_request(client: Any, request: dict[str, Any], key: str) -> CallResult:
+    import openai
+
+    t0 = time.monotonic()
+
+    def done(**kw: Any) -> CallResult:
+        res = CallResult(latency_ms=int((time.monotonic() - t0) * 1000), **kw)
+        if res.error and key:
+            res.error = res.error.replace(key, "***")
+        return res
+
+    try:
+        resp = client.chat.completions.create(**request)
+    except openai.APITimeoutError as e:
+        return done(outcome="timeout", error=f"timeout: {e}")
+    except openai.APIConnectionError as e:
+        return done(outcome="connection_error", error=f"connection error: {e}")
+    except openai.APIStatusError as e:
+        ra = None
+        try:
+            ra = float(e.response.headers.get("retry-after", ""))
+        except (ValueError, AttributeError, TypeError):
+            pass
+        kind = "rate_limited" if e.status_code == 429 else "server_error" if e.status_code >= 500 else "http_error"
+        return done(outcome=kind, error=f"HTTP {e.status_code}: {str(e)[:500]}", retry_after=ra)
+    except openai.OpenAIError as e:
+        return done(outcome="http_error", error=f"{type(e).__name__}: {str(e)[:500]}")
+    choice = resp.choices[0] if getattr(resp, "choices", None) else None
+    msg = choice.message if choice is not None else None
+    usage = getattr(resp, "usage", None)
+    return done(outcome="ok", content=getattr(msg, "content", None), refusal=getattr(msg, "refusal", None),
+                finish_reason=getattr(choice, "finish_reason", None),
+                tokens_in=getattr(usage, "prompt_tokens", None), tokens_out=getattr(usage, "completion_tokens", None))
+
+
+# -- from the answer to a rule ------------------------------------------------------------------------
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"_+", "_", re.sub(r"[^a-z0-9]+", "_", text.lower())).strip("_")
+
+
+def rule_id_for(shape_key: str, provider: Any) -> str:
+    prov = provider.get("const") if isinstance(provider, dict) else None
+    base = _slug(str(prov))[:30] if prov else "shape"
+    return f"llm_{base or 'shape'}_{_slug(shape_key)[:16]}"
+
+
+def _clean_spec(spec: Any) -> Any:
+    """Drop null keys; a map given as [{raw, value}] becomes {raw: value}."""
+    if not isinstance(spec, dict):
+        return spec
+    out: dict[str, Any] = {}
+    for k, v in spec.items():
+        if v is None:
+            continue
+        if k == "map" and isinstance(v, list):
+            m: dict[str, Any] = {}
+            for item in v:
+                if isinstance(item, dict) and "raw" in item:
+                    m[str(item["raw"])] = item.get("value")
+            if m:
+                out["map"] = m
+            continue
+        out[k] = v
+    return out
+
+
+def answer_to_rule(answer: dict[str, Any], shape: Shape) -> dict[str, Any]:
+    """The model's answer as a paynorm rule document (unknown keys kept: the validator names them)."""
+    r = answer.get("rule")
+    if not isinstance(r, dict):
+        raise ValueError("the answer has no rule object")
+    provider = _clean_spec(r.get("provider"))
+    if isinstance(provider, dict) and isinstance(provider.get("const"), str):
+        provider["const"] = _slug(provider["const"]) or provider["const"]
+    fields_in = r.get("fields")
+    fields: dict[str, Any] = {}
+    if isinstance(fields_in, dict):
+        for name, spec in fields_in.items():
+            spec = _clean_spec(spec)
+            if spec is None or spec == {}:
+                continue
+            if name == "currency" and isinstance(spec, dict) and isinstance(spec.get("const"), str):
+                spec["const"] = spec["const"].strip().upper()
+            fields[name] = spec
+    rule: dict[str, Any] = {
+        "id": rule_id_for(shape.shape_key, provider),
+        "description": str(r.get("description") or f"payload shape {shape.shape_key}").strip()[:500],
+        "docs": f"proposed by the paynorm LLM step for shape {shape.shape_key}",
+        "provider": provider,
+        "formats": [shape.payload_format],
+        "match": r.get("match"),
+        "priority": LLM_RULE_PRIORITY,
+        "fields": fields,
+    }
+    for k, v in r.items():  # anything else the model invented: the schema validator refuses it by name
+        if k not in ("description", "provider", "match", "fields", "id", "formats", "priority", "status", "docs"):
+            rule[k] = v
+    return rule
+
+
+def _appears(value: str, text: str) -> bool:
+    """``value`` (a constant) appears in ``text`` as a token, case-insensitively (``_`` ~ any separator)."""
+    parts = [re.escape(p) for p in re.split(r"[_\s\-]+", str(value).strip()) if p]
+    if not parts:
+        return False
+    return re.search(r"(?<![A-Za-z0-9])" + r"[\s_\-.]*".join(parts) + r"(?![A-Za-z0-9])", text, re.I) is not None
+
+
+def policy_errors(rule: dict[str, Any], samples_text: str) -> list[str]:
+    """What an LLM rule may not do, whatever the schema allows."""
+    errors: list[str] = []
+    fields = rule.get("fields") if isinstance(rule.get("fields"), dict) else {}
+    prov = rule.get("provider")
+    if isinstance(prov, dict) and prov.get("const") is not None and not _appears(str(prov["const"]), samples_text):
+        errors.append(f"provider: the constant {str(prov['const'])!r} does not appear in the samples; "
+                      "point provider.path at the field that names the provider, or use a name the samples show")
+    for name, spec in fields.items():
+        if not isinstance(spec, dict):
+            continue
+        if "const" in spec:
+            if name == "amount":
+                errors.append("fields.amount: an LLM rule never holds a constant amount; point amount.path at "
+                              "the amount in the payload")
+            elif name not in LLM_CONST_FIELDS:
+                errors.append(f"fields.{name}: a constant is not allowed here; the value must come from the "
+                              f"payload (path)")
+            elif name in CONST_MUST_APPEAR and not _appears(str(spec["const"]), samples_text):
+                errors.append(f"fields.{name}: the constant {str(spec['const'])!r} does not appear in the samples")
+        if spec.get("regex") and name in ("status", "amount", "currency"):
+            errors.append(f"fields.{name}: no regex in an LLM rule: point the path at the value itself (a regex "
+                          f"could pull a word out of free text)")
+        if spec.get("cases"):
+            errors.append(f"fields.{name}: cases are not allowed in an LLM rule; use path + map")
+        if "default" in spec:
+            errors.append(f"fields.{name}: a default is not allowed in an LLM rule")
+    status = fields.get("status")
+    if isinstance(status, dict):
+        if not (isinstance(status.get("path"), str) or isinstance(status.get("row_path"), str)):
+            errors.append("fields.status: needs a path to the provider's status value (a constant or cases-only "
+                          "status would not come from the payload)")
+        m = status.get("map")
+        if isinstance(m, dict):
+            provider = prov.get("const") if isinstance(prov, dict) else None
+            for raw, value in m.items():
+                if len(str(raw)) > 40 or len(str(raw).split()) > 3:
+                    errors.append(f"fields.status.map: {redact.redact_text(str(raw), max_len=60)!r} is not a status "
+                                  f"token (free text cannot be a status)")
+                    continue
+                seed = vocabulary_status(str(raw), provider)
+                if seed is not None and value in mappings.STATUSES and seed != value:
+                    errors.append(f"fields.status.map: {str(raw)!r} -> {value!r} contradicts the status vocabulary "
+                                  f"({str(raw)!r} is {seed})")
+                elif value == "approved" and _NEGATIVE_TOKEN_RE.search(str(raw)):
+                    errors.append(f"fields.status.map: {str(raw)!r} reads as a refusal or failure and cannot be "
+                                  f"approved")
+    return errors
+
+
+# -- applying the rule to the rows in SQL ---------------------------------------------------------------
+
+
+def _paths_of(rule: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(where, spec) of every field (and provider) whose value comes from a path."""
+    out = []
+    prov = rule.get("provider")
+    if isinstance(prov, dict) and (isinstance(prov.get("path"), str) or isinstance(prov.get("row_path"), str)):
+        out.append(("provider", prov))
+    for name, spec in (rule.get("fields") or {}).items():
+        if isinstance(spec, dict) and (isinstance(spec.get("path"), str) or isinstance(spec.get("row_path"), str)):
+            out.append((f"fields.{name}", spec))
+    return out
+
+
+def _extract_select(rule: dict[str, Any], alias: str = "l") -> list[tuple[str, sql.Composable]]:
+    """Per-row columns that mirror the dbt macros for what validation and previews need."""
+    f = rule.get("fields") or {}
+    amount = f.get("amount") if isinstance(f.get("amount"), dict) else None
+    cols: list[tuple[str, sql.Composable]] = [
+        ("provider", _provider(rule.get("provider"), alias)),
+        ("status_mapped", _enum(f.get("status"), alias)),
+        ("status_token", sql.SQL("nullif(btrim({}), '')").format(_raw(f.get("status"), alias))),
+        ("amount_text", _raw(amount, alias) if amount else sql.SQL("null::text")),
+        ("currency_text", _text(f.get("currency"), alias)),
+        ("issuer_country_text", _text(f.get("issuer_country"), alias)),
+        ("merchant_country_text", _text(f.get("merchant_country"), alias) if f.get("merchant_country")
+         else sql.SQL("null::text")),
+        ("event_at_text", sql.SQL("btrim({})").format(_raw(f.get("event_at"), alias))),
+        ("transaction_id", _text(f.get("transaction_id"), alias)),
+        ("event_type", _enum(f.get("event_type"), alias)),
+    ]
+    for i, (_, spec) in enumerate(_paths_of(rule)):
+        path_only = {k: spec[k] for k in ("path", "row_path") if k in spec}
+        cols.append((f"found_{i}", sql.SQL("({} is not null)").format(_raw(path_only, alias))))
+    return cols
+
+
+def _amount_classes(rule: dict[str, Any]) -> list[tuple[str, sql.Composable]]:
+    amount = (rule.get("fields") or {}).get("amount")
+    if not isinstance(amount, dict):
+        return [("amount_class", sql.SQL("'missing'")), ("amount_frac", sql.SQL("null::int"))]
+    if amount.get("decimal_comma"):
+        clean = sql.SQL("replace(regexp_replace(btrim(x.amount_text), '[[:space:].'']', '', 'g'), ',', '.')")
+    else:
+        clean = sql.SQL("regexp_replace(btrim(x.amount_text), '^\\+', '')")
+    ok = sql.SQL("({} ~ '^-?[0-9]{{1,24}}(\\.[0-9]{{1,12}})?$')").format(clean)
+    absolute = bool(amount.get("absolute"))
+    cls = sql.SQL("case when x.amount_text is null then 'missing' when not {ok} then 'bad' "
+                  "when {clean}::numeric < 0 and not {absolute} then 'negative' else 'ok' end").format(
+        ok=ok, clean=clean, absolute=sql.Literal(absolute))
+    frac = sql.SQL("case when {ok} then scale(trim_scale({clean}::numeric)) end").format(ok=ok, clean=clean)
+    return [("amount_class", cls), ("amount_frac", frac)]
+
+
+def _event_class(rule: dict[str, Any]) -> sql.Composable:
+    ev = (rule.get("fields") or {}).get("event_at")
+    fmt = ev.get("format", "iso") if isinstance(ev, dict) else "iso"
+    if fmt == "epoch_s":
+        parsed = ("case when x.event_at_text ~ '^[0-9]{1,11}(\\.[0-9]{1,6})?$' then "
+                  "timestamptz '1970-01-01 00:00:00+00' + (x.event_at_text || ' seconds')::interval end")
+    elif fmt == "epoch_ms":
+        parsed = ("case when x.event_at_text ~ '^[0-9]{1,14}(\\.[0-9]{1,3})?$' then "
+                  "timestamptz '1970-01-01 00:00:00+00' + (x.event_at_text || ' milliseconds')::interval end")
+    else:
+        parsed = "paynorm.try_timestamptz(x.event_at_text)"
+    return sql.SQL("case when x.event_at_text is null then 'missing' "
+                   "when ({p}) between timestamptz '2000-01-01' and timestamptz '2100-01-01' then 'ok' "
+                   "else 'bad' end").format(p=sql.SQL(parsed))
+
+
+@dataclass
+class Evaluation:
+    errors: list[str]
+    figures: dict[str, Any]
+
+
+def evaluate_rule(conn: psycopg.Connection, rule: dict[str, Any], shape_key: str, *,
+                  min_coverage: float = 0.95) -> Evaluation:
+    """Apply ``rule`` in SQL to every live row it would capture plus every row of its shape that no
+    other active rule matches, and say what is wrong with it (empty errors = usable)."""
+    others = _active_rules(conn, exclude=rule.get("id"))
+    formats = list(rule.get("formats") or [])
+    match = sql.SQL("jsonb_path_exists(l.payload, {}::jsonpath, '{{}}'::jsonb, true)").format(
+        sql.Literal(rule["match"]))
+    cols = _extract_select(rule)
+    found_cols = [c for c, _ in cols if c.startswith("found_")]
+    q = sql.SQL("""
+        with cand as materialized (
+            select l.lake_key, l.shape_key, l.payload_format, l.payload, l.row_data, {match} as m
+            from {landing} as l
+            where {live} and l.payload_format = any({formats}::text[])
+              and (l.shape_key = {shape} or {match})
+        ),
+        flagged as materialized (
+            select l.*, {other} as other from cand as l
+        ),
+        x as (
+            select l.shape_key = {shape} as in_shape, l.shape_key, l.m, l.other, {cols}
+            from flagged as l
+        )
+        select x.in_shape, case when x.in_shape then null else x.shape_key end as other_shape, x.m, x.other,
+               x.provider, x.status_mapped, lower(x.status_token) as status_key, x.currency_text,
+               x.issuer_country_text, x.merchant_country_text, {amount}, {event} as event_class, {found}
+               count(*) as n
+        from x
+        group by 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13{found_groups}
+    """).format(
+        match=match, landing=sql.SQL(LANDING), live=LIVE, formats=sql.Literal(formats), shape=sql.Literal(shape_key),
+        other=_match_sql(others),
+        cols=sql.SQL(", ").join(sql.SQL("{} as {}").format(e, sql.Identifier(n)) for n, e in cols),
+        amount=sql.SQL(", ").join(sql.SQL("{} as {}").format(e, sql.Identifier(n)) for n, e in _amount_classes(rule)),
+        event=_event_class(rule),
+        found=sql.SQL("").join(sql.SQL("x.{}, ").format(sql.Identifier(c)) for c in found_cols),
+        found_groups=sql.SQL("").join(sql.SQL(", {}").format(sql.Literal(14 + i)) for i in range(len(found_cols))),
+    )
+    with conn.cursor(row_factory=dict_row) as cur:
+        groups = cur.execute(q).fetchall()
+    return _judge(rule, groups, found_cols, min_coverage, conn, others, shape_key)
+
+
+def _pct(a: int, b: int) -> float:
+    return round(a / b, 4) if b else 0.0
+
+
+def _judge(rule: dict[str, Any], groups: list[dict[str, Any]], found_cols: list[str], thr: float,
+           conn: psycopg.Connection, others: list[dict[str, Any]], shape_key: str) -> Evaluation:
+    seeds = _seeds()
+    f = rule.get("fields") or {}
+    status_spec = f.get("status") if isinstance(f.get("status"), dict) else {}
+    use_vocab = status_spec.get("vocabulary", True) is not False
+    amount_spec = f.get("amount") if isinstance(f.get("amount"), dict) else None
+    errors: list[str] = []
+    shape_rows = sum(g["n"] for g in groups if g["in_shape"] and not g["other"])
+    shape_missed = sum(g["n"] for g in groups if g["in_shape"] and not g["other"] and not g["m"])
+    greedy = sum(g["n"] for g in groups if g["m"] and g["other"])
+    captured: dict[str, int] = {}
+    for g in groups:
+        if g["m"] and not g["other"] and not g["in_shape"]:
+            captured[g["other_shape"]] = captured.get(g["other_shape"], 0) + g["n"]
+    pop = [g for g in groups if not g["other"] and (g["in_shape"] or g["m"])]
+    total = sum(g["n"] for g in pop)
+    fig: dict[str, Any] = {"shape_key": shape_key, "rows": total, "shape_rows": shape_rows,
+                           "match_missed": shape_missed, "captured_from_other_rules": greedy,
+                           "captured_other_shapes": captured, "min_coverage": thr}
+    if shape_rows == 0:
+        errors.append("no row of the shape is left to map (another active rule matches them all)")
+    if shape_missed:
+        errors.append(f"match: {rule.get('match')!r} is false for {shape_missed} of {shape_rows} rows of the shape; "
+                      "it must be true for every row of this shape (test keys, not varying values)")
+    if greedy:
+        hit = _greedy_rules(conn, rule, others)
+        errors.append(f"match: {rule.get('match')!r} also captures {greedy} row(s) that active rule(s) "
+                      f"{', '.join(hit) or '?'} already match; exclude them (make the filter more specific)")
+    # status
+    ok_status = 0
+    unmapped: dict[str, int] = {}
+    for g in pop:
+        st = g["status_mapped"] if g["status_mapped"] in mappings.STATUSES else None
+        if st is None and use_vocab:
+            st = vocabulary_status(g["status_key"], g["provider"])
+        if st is not None:
+            ok_status += g["n"]
+        else:
+            key = "(nothing at the status path)" if g["status_key"] is None else g["status_key"]
+            unmapped[key] = unmapped.get(key, 0) + g["n"]
+    fig["status_ok"] = ok_status
+    fig["status_coverage"] = _pct(ok_status, total)
+    if total and ok_status / total < thr:
+        worst = sorted(unmapped.items(), key=lambda kv: -kv[1])[:10]
+        errors.append(f"fields.status: only {ok_status} of {total} rows get a canonical status (need "
+                      f"{thr:.0%}); values with no canonical status: "
+                      + ", ".join(f"{k!r} ({n})" for k, n in worst)
+                      + " — add them to status.map or point status.path at the provider's status")
+    # amount + currency
+    cur_ok = cur_n = 0
+    unknown_cur: dict[str, int] = {}
+    amt_n = amt_ok = 0
+    amt_problems: dict[str, int] = {}
+    for g in pop:
+        ckey = _code_key(g["currency_text"])
+        cur = seeds["currencies"].get(ckey) if ckey else None
+        if ckey is not None:
+            cur_n += g["n"]
+            if cur:
+                cur_ok += g["n"]
+            else:
+                unknown_cur[g["currency_text"]] = unknown_cur.get(g["currency_text"], 0) + g["n"]
+        if amount_spec is None or g["amount_class"] == "missing":
+            continue
+        amt_n += g["n"]
+        problem = None
+        if g["amount_class"] == "bad":
+            problem = "not a plain number"
+        elif g["amount_class"] == "negative":
+            problem = "negative"
+        elif amount_spec.get("unit") == "minor":
+            if g["amount_frac"]:
+                problem = "has decimals but unit is minor (use major)"
+            elif cur is None:
+                problem = "unit minor without a known currency (the exponent is unknown)"
+        elif amount_spec.get("unit") == "major" and cur is not None and (g["amount_frac"] or 0) > cur[1]:
+            problem = f"more decimals than {cur[0]} allows"
+        if problem:
+            amt_problems[problem] = amt_problems.get(problem, 0) + g["n"]
+        else:
+            amt_ok += g["n"]
+    fig.update({"amount_rows": amt_n, "amount_ok": amt_ok, "currency_rows": cur_n, "currency_ok": cur_ok})
+    if amount_spec is not None and amt_n == 0 and total:
+        errors.append(f"fields.amount: the path finds no amount in any of the {total} rows")
+    elif amt_n and amt_ok / amt_n < thr:
+        errors.append(f"fields.amount: only {amt_ok} of {amt_n} amounts are valid: "
+                      + ", ".join(f"{n} {p}" for p, n in amt_problems.items()))
+    if cur_n and cur_ok / cur_n < thr:
+        errors.append(f"fields.currency: {cur_n - cur_ok} of {cur_n} values are not ISO 4217 codes: "
+                      + ", ".join(repr(k) for k in list(unknown_cur)[:10]))
+    # countries
+    for col, name in (("issuer_country_text", "issuer_country"), ("merchant_country_text", "merchant_country")):
+        vals = [(g[col], g["n"]) for g in pop if g[col] is not None and g[col].strip()]
+        n = sum(c for _, c in vals)
+        ok = sum(c for v, c in vals if _code_key(v) in seeds["countries"])
+        fig[f"{name}_ok"] = ok
+        if n and ok / n < thr:
+            errors.append(f"fields.{name}: {n - ok} of {n} values are not ISO 3166 country codes")
+    # event_at
+    ev_n = sum(g["n"] for g in pop if g["event_class"] != "missing")
+    ev_ok = sum(g["n"] for g in pop if g["event_class"] == "ok")
+    fig["event_at_ok"] = ev_ok
+    if ev_n and ev_ok / ev_n < thr:
+        fmt = (f.get("event_at") or {}).get("format", "iso") if isinstance(f.get("event_at"), dict) else "iso"
+        errors.append(f"fields.event_at: {ev_n - ev_ok} of {ev_n} values do not parse as {fmt} dates between 2000 "
+                      "and 2100 (check format: iso, epoch_s or epoch_ms)")
+    # every path finds something
+    for i, (where, spec) in enumerate(_paths_of(rule)):
+        col = f"found_{i}"
+        if col in found_cols and total and not sum(g["n"] for g in pop if g[col]):
+            p = spec.get("path") or spec.get("row_path")
+            errors.append(f"{where}: path {p!r} finds nothing in any of the {total} rows")
+    return Evaluation(errors, fig)
+
+
+def _greedy_rules(conn: psycopg.Connection, rule: dict[str, Any], others: list[dict[str, Any]]) -> list[str]:
+    hit = []
+    for o in others:
+        if not set(o["formats"]) & set(rule.get("formats") or []):
+            continue
+        q = sql.SQL("select exists (select 1 from {} as l where {} and {} and "
+                    "jsonb_path_exists(l.payload, {}::jsonpath, '{{}}'::jsonb, true))").format(
+            sql.SQL(LANDING), LIVE, _match_sql([o]), sql.Literal(rule["match"]))
+        if conn.execute(q).fetchone()[0]:
+            hit.append(o["id"])
+        if len(hit) >= 5:
+            break
+    return hit
+
+
+def validate_llm_rule(conn: psycopg.Connection, rule: dict[str, Any], shape_key: str, samples_text: str, *,
+                      min_coverage: float = 0.95) -> Evaluation:
+    """Every check an LLM rule must pass before it is stored (empty errors = accepted)."""
+    errors = mappings.validate_rule(rule, conn)
+    if errors:  # schema errors: validate_rule skipped the PostgreSQL checks; report them too
+        try:
+            errors += [e for e in mappings.check_sql(rule, conn) if e not in errors]
+        except Exception as e:  # noqa: BLE001 - a malformed rule must not crash the step
+            errors.append(f"the rule's paths could not be checked: {e}")
+    errors += [e for e in policy_errors(rule, samples_text) if e not in errors]
+    if any(e.split(":")[0].startswith(("match", "(rule)")) or "jsonpath" in e for e in errors) \
+            or not isinstance(rule.get("match"), str):
+        return Evaluation(errors, {"shape_key": shape_key})
+    try:
+        with conn.transaction():
+            ev = evaluate_rule(conn, rule, shape_key, min_coverage=min_coverage)
+    except psycopg.Error as e:
+        errors.append(f"the rule cannot be applied in PostgreSQL: {(e.diag.message_primary or str(e)).strip()}")
+        return Evaluation(errors, {"shape_key": shape_key})
+    return Evaluation(errors + ev.errors, ev.figures)
+
+
+# -- bookkeeping --------------------------------------------------------------------------------------
+
+
+def _record_call(conn: psycopg.Connection, run_id: str, shape: Shape, kind: str, attempt: int, model: str,
+                 phash: str, res: CallResult, outcome: str, error: str | None = None,
+                 mapping_id: str | None = None) -> None:
+    with conn.transaction():
+        conn.execute(
+            "insert into paynorm.llm_calls (run_id, shape_key, kind, attempt, model, prompt_hash, tokens_in, "
+            "tokens_out, latency_ms, outcome, error, mapping_id) "
+            "values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (run_id, shape.shape_key, kind, attempt, model, phash, res.tokens_in, res.tokens_out, res.latency_ms,
+             outcome, (error or res.error or None) and str(error or res.error)[:4000], mapping_id))
+
+
+def _mark_shape(conn: psycopg.Connection, shape: Shape, status: str, *, model: str, phash: str,
+                mapping_id: str | None = None, error: str | None = None) -> None:
+    with conn.transaction():
+        conn.execute(
+            """
+            insert into paynorm.llm_shapes (shape_key, status, mapping_id, attempts, last_error, tried_at, model,
+                                            prompt_hash, row_count)
+            values (%s, %s, %s, 1, %s, now(), %s, %s, %s)
+            on conflict (shape_key) do update set status = excluded.status, mapping_id = excluded.mapping_id,
+                attempts = paynorm.llm_shapes.attempts + 1, last_error = excluded.last_error, tried_at = now(),
+                model = excluded.model, prompt_hash = excluded.prompt_hash, row_count = excluded.row_count
+            """,
+            (shape.shape_key, status, mapping_id, error and error[:4000], model, phash, shape.rows))
+
+
+# -- the run ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ShapeResult:
+    shape_key: str
+    payload_format: str
+    rows: int
+    outcome: str  # active | proposed | unmappable | waiting | covered | skipped | dry_run
+    mapping_id: str | None = None
+    errors: list[str] = field(default_factory=list)
+    calls: int = 0
+
+
+@dataclass
+class LlmRunResult:
+    """What one run of the LLM step did (``summary()`` is the line to show)."""
+
+    run_id: str
+    model: str
+    prompt_hash: str
+    rows_waiting: int = 0  # rows of the shapes this run had to ask about
+    shapes_waiting: int = 0
+    shapes_tried_before: int = 0  # unmatched shapes already tried (unmappable / mapped): no call
+    shapes: list[ShapeResult] = field(default_factory=list)
+    calls: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    no_key: bool = False
+    dry_run: bool = False
+    budget_stop: str | None = None  # why the run stopped early ('max_calls' | 'max_tokens')
+    requests: list[dict[str, Any]] = field(default_factory=list)  # dry run: {shape_key, rows, request}
+
+    def _with(self, outcome: str) -> list[ShapeResult]:
+        return [s for s in self.shapes if s.outcome == outcome]
+
+    @property
+    def activated(self) -> list[str]:
+        return [s.mapping_id for s in self._with("active") if s.mapping_id]
+
+    @property
+    def proposed(self) -> list[str]:
+        return [s.mapping_id for s in self._with("proposed") if s.mapping_id]
+
+    @property
+    def unmappable(self) -> list[str]:
+        return [s.shape_key for s in self._with("unmappable")]
+
+    @property
+    def still_waiting(self) -> list[str]:
+        return [s.shape_key for s in self.shapes if s.outcome in ("waiting", "skipped")]
+
+    def summary(self) -> str:
+        if self.no_key:
+            return (f"LLM step: {self.rows_waiting} row(s) in {self.shapes_waiting} unknown shape(s) wait for a "
+                    f"mapping rule; set OPENAI_API_KEY (and OPENAI_BASE_URL for a local OpenAI-compatible server) "
+                    f"to map them, or run `paynorm llm --dry-run` to see the requests")
+        if self.dry_run:
+            return (f"LLM step (dry run): {len(self.requests)} request(s) would be sent for {self.rows_waiting} "
+                    f"row(s) in {self.shapes_waiting} shape(s); model {self.model}, prompt {self.prompt_hash}")
+        if not self.shapes_waiting:
+            return f"LLM step: no unknown shape waits ({self.shapes_tried_before} tried before); 0 calls"
+        parts = [f"{len(self.activated)} rule(s) activated", f"{len(self.proposed)} proposed",
+                 f"{len(self.unmappable)} shape(s) unmappable", f"{len(self.still_waiting)} still waiting"]
+        covered = self._with("covered")
+        if covered:
+            parts.append(f"{len(covered)} covered by another new rule")
+        line = (f"LLM step: {self.shapes_waiting} shape(s), {self.rows_waiting} row(s): " + ", ".join(parts)
+                + f"; {self.calls} call(s), {self.tokens_in}+{self.tokens_out} tokens ({self.model})")
+        if self.budget_stop:
+            line += f"; stopped by --{self.budget_stop.replace('_', '-')}"
+        return line
+
+
+class _Budget:
+    def __init__(self, max_calls: int, max_tokens: int) -> None:
+        self.max_calls, self.max_tokens = max_calls, max_tokens
+        self.calls = self.tokens_in = self.tokens_out = 0
+        self.stop: str | None = None
+
+    def allows(self, request: dict[str, Any]) -> bool:
+        if self.calls >= self.max_calls:
+            self.stop = self.stop or "max_calls"
+            return False
+        if self.tokens_in + self.tokens_out + _estimate_tokens(request) > self.max_tokens:
+            self.stop = self.stop or "max_tokens"
+            return False
+        return True
+
+    def spend(self, res: CallResult, request: dict[str, Any]) -> None:
+        self.calls += 1
+        if res.outcome == "ok":
+            self.tokens_in += res.tokens_in if res.tokens_in is not None else len(json.dumps(request)) // 4
+            self.tokens_out += res.tokens_out if res.tokens_out is not None else len(res.content or "") // 4
+
+
+def _connect(conn_or_dsn: psycopg.Connection | str) -> tuple[psycopg.Connection, bool]:
+    if isinstance(conn_or_dsn, str):
+        return psycopg.connect(conn_or_dsn, autocommit=True), True
+    return conn_or_dsn, False
+
+
+def run_llm_step(conn_or_dsn: psycopg.Connection | str, settings: Settings, *, dry_run: bool = False,
+                 max_calls: int | None = None, max_tokens: int | None = None, retry_unmappable: bool = False,
+                 sleep: Callable[[float], None] = time.sleep) -> LlmRunResult:
+    """Ask for a mapping rule for every unmatched shape not tried yet; see the module docstring.
+
+    ``conn_or_dsn``: the warehouse, a DSN or an open connection. With a DSN or an autocommit
+    connection every write (rule, shape status, call record) is committed as soon as it is made, so
+    an interrupted run keeps what it paid for; with autocommit off the writes stay in the caller's
+    transaction until the caller commits. ``max_calls`` / ``max_tokens`` default to the settings.
+    ``sleep`` is the back-off sleeper (tests pass a fast one; the base delay is settings.llm_backoff).
+    Never raises for an LLM problem (they are recorded and the shape waits); raises LlmError when
+    another LLM step holds the lock.
+    """
+    conn, own = _connect(conn_or_dsn)
+    try:
+        mappings.ensure_schema(conn)
+        phash = prompt_hash()
+        result = LlmRunResult(run_id=uuid.uuid4().hex[:12], model=settings.llm_model, prompt_hash=phash,
+                              dry_run=dry_run)
+        if not conn.execute("select pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()[0]:
+            raise LlmError("another `paynorm llm` run holds the lock on this warehouse; try again later")
+        try:
+            _run(conn, settings, result, dry_run=dry_run, retry_unmappable=retry_unmappable,
+                 budget=_Budget(settings.llm_max_calls if max_calls is None else max_calls,
+                                settings.llm_max_tokens if max_tokens is None else max_tokens),
+                 sleep=sleep)
+        finally:
+            conn.execute("select pg_advisory_unlock(%s)", (LOCK_KEY,))
+        return result
+    finally:
+        if own:
+            conn.close()
+
+
+def _run(conn: psycopg.Connection, settings: Settings, result: LlmRunResult, *, dry_run: bool,
+         retry_unmappable: bool, budget: _Budget, sleep: Callable[[float], None]) -> None:
+    if conn.execute("select to_regclass(%s)", (LANDING,)).fetchone()[0] is None:
+        return  # nothing landed yet (`paynorm init` / replicate create the landing)
+    todo, done = waiting_shapes(conn, model=settings.llm_model, phash=result.prompt_hash,
+                                retry_unmappable=retry_unmappable)
+    result.shapes_waiting = len(todo)
+    result.rows_waiting = sum(s.rows for s in todo)
+    result.shapes_tried_before = len(done)
+    if not todo:
+        return
+    if not settings.openai_api_key and not dry_run:
+        result.no_key = True
+        return
+    client = None if dry_run else _client(settings)
+    new_rules: list[dict[str, Any]] = []  # rules activated by this run
+    for shape in todo:
+        if new_rules:
+            left = conn.execute(sql.SQL("select count(*) from {} as l where l.shape_key = {} and {} and not {}").format(
+                sql.SQL(LANDING), sql.Literal(shape.shape_key), LIVE, _match_sql(new_rules))).fetchone()[0]
+            if left == 0:
+                result.shapes.append(ShapeResult(shape.shape_key, shape.payload_format, shape.rows, "covered",
+                                                 new_rules[-1]["id"]))
+                continue
+        not_matched = sql.SQL("not {}").format(_match_sql(_active_rules(conn)))
+        samples = pick_samples(conn, shape.shape_key, settings.llm_samples, not_matched)
+        if not samples:
+            continue
+        messages = build_messages(shape, samples)
+        request = build_request(settings, messages)
+        if dry_run:
+            result.requests.append({"shape_key": shape.shape_key, "payload_format": shape.payload_format,
+                                    "rows": shape.rows, "request": request})
+            result.shapes.append(ShapeResult(shape.shape_key, shape.payload_format, shape.rows, "dry_run"))
+            continue
+        if budget.stop or not budget.allows(request):
+            result.shapes.append(ShapeResult(shape.shape_key, shape.payload_format, shape.rows, "skipped"))
+            continue
+        sr = _ask(conn, client, settings, result, shape, samples, messages, budget, sleep)
+        result.shapes.append(sr)
+        if sr.outcome == "active" and sr.mapping_id:
+            new_rules.append({"id": sr.mapping_id, "formats": [shape.payload_format],
+                              "match": mappings.get_rule(conn, sr.mapping_id)["match"]})
+    result.calls, result.tokens_in, result.tokens_out = budget.calls, budget.tokens_in, budget.tokens_out
+    result.budget_stop = budget.stop
+
+
+def _call_with_retries(conn: psycopg.Connection, client: Any, settings: Settings, result: LlmRunResult,
+                       shape: Shape, kind: str, request: dict[str, Any], budget: _Budget,
+                       sleep: Callable[[float], None]) -> CallResult | None:
+    """One logical request: retried on 429/5xx/timeouts; None when the budget forbids it."""
+    res: CallResult | None = None
+    for attempt in range(1, settings.llm_max_retries + 2):
+        if not budget.allows(request):
+            return res if res is not None else None
+        res = _one_request(client, request, settings.openai_api_key)
+        res.attempt = attempt
+        budget.spend(res, request)
+        if res.outcome == "ok":
+            return res
+        _record_call(conn, result.run_id, shape, kind, attempt, settings.llm_model, result.prompt_hash, res,
+                     res.outcome)
+        log.warning("LLM request for shape %s failed (attempt %d): %s", shape.shape_key, attempt, res.error)
+        if res.outcome not in RETRYABLE or attempt > settings.llm_max_retries:
+            return res
+        delay = settings.llm_backoff * (2 ** (attempt - 1))
+        if res.retry_after is not None:
+            delay = max(delay, min(res.retry_after, 60.0))
+        sleep(delay)
+    return res
+
+
+def _parse_answer(res: CallResult) -> tuple[str, dict[str, Any] | None, str | None]:
+    """(outcome, answer, error): outcome ok | refusal | malformed."""
+    if res.refusal:
+        return "refusal", None, f"the model refused: {res.refusal[:500]}"
+    if res.finish_reason == "length":
+        return "malformed", None, "the answer was cut at max_completion_tokens (not complete JSON)"
+    if not res.content:
+        return "malformed", None, "the answer is empty"
+    try:
+        answer = json.loads(res.content)
+    except ValueError as e:
+        return "malformed", None, f"the answer is not valid JSON ({e}); answer with the JSON object of the schema"
+    if not isinstance(answer, dict) or "mappable" not in answer:
+        return "malformed", None, "the answer is not the object of the response schema (mappable, reason, rule)"
+    return "ok", answer, None
+
+
+def _ask(conn: psycopg.Connection, client: Any, settings: Settings, result: LlmRunResult, shape: Shape,
+         samples: list[Sample], messages: list[dict[str, str]], budget: _Budget,
+         sleep: Callable[[float], None]) -> ShapeResult:
+    sr = ShapeResult(shape.shape_key, shape.payload_format, shape.rows, "waiting")
+    samples_text = "\n".join(dumps_exact(s) for s in redacted_samples(samples))
+    model, phash = settings.llm_model, result.prompt_hash
+    for kind in ("propose", "repair"):
+        request = build_request(settings, messages)
+        calls_before = budget.calls
+        res = _call_with_retries(conn, client, settings, result, shape, kind, request, budget, sleep)
+        sr.calls += budget.calls - calls_before
+        if res is None or res.outcome != "ok":
+            sr.errors.append(res.error if res is not None and res.error else "budget exhausted")
+            return sr  # transport failure or budget: the shape keeps waiting (retried next run)
+        outcome, answer, error = _parse_answer(res)
+        if outcome == "refusal":
+            _record_call(conn, result.run_id, shape, kind, res.attempt, model, phash, res, "refusal", error)
+            sr.errors.append(error or "refusal")
+            break
+        if outcome == "malformed":
+            _record_call(conn, result.run_id, shape, kind, res.attempt, model, phash, res, "malformed", error)
+            sr.errors = [error or "malformed"]
+            if kind == "propose":
+                messages = repair_messages(messages, res.content or "", sr.errors)
+                continue
+            break
+        assert answer is not None
+        if answer.get("mappable") is False or answer.get("rule") is None:
+            reason = f"the model says the shape is not a payment event: {str(answer.get('reason') or '')[:500]}"
+            _record_call(conn, result.run_id, shape, kind, res.attempt, model, phash, res, "not_payment", reason)
+            sr.errors.append(reason)
+            break
+        try:
+            rule = answer_to_rule(answer, shape)
+        except ValueError as e:
+            ev = Evaluation([str(e)], {})
+            rule = {}
+        else:
+            ev = validate_llm_rule(conn, rule, shape.shape_key, samples_text, min_coverage=settings.llm_min_coverage)
+        if not ev.errors:
+            status = "active" if settings.llm_auto_activate else "proposed"
+            figures = {**ev.figures, "samples": [s.lake_key for s in samples], "run_id": result.run_id,
+                       "repaired": kind == "repair"}
+            try:
+                mappings.upsert_rule(conn, rule, origin="llm", status=status, model=model, prompt_hash=phash,
+                                     validation=figures)
+            except (mappings.MappingError, psycopg.Error) as e:
+                ev = Evaluation([f"the rule could not be stored: {e}"], ev.figures)
+            else:
+                _record_call(conn, result.run_id, shape, kind, res.attempt, model, phash, res, "accepted",
+                             mapping_id=rule["id"])
+                _mark_shape(conn, shape, "mapped", model=model, phash=phash, mapping_id=rule["id"])
+                sr.outcome, sr.mapping_id, sr.errors = status, rule["id"], []
+                log.info("LLM rule %s %s for shape %s (%d rows)", rule["id"],
+                         "activated" if status == "active" else "proposed", shape.shape_key, shape.rows)
+                return sr
+        _record_call(conn, result.run_id, shape, kind, res.attempt, model, phash, res, "invalid", "; ".join(ev.errors),
+                     mapping_id=rule.get("id"))
+        sr.errors = ev.errors
+        if kind == "propose":
+            messages = repair_messages(messages, res.content or "", ev.errors)
+    sr.outcome = "unmappable"
+    _mark_shape(conn, shape, "unmappable", model=model, phash=phash, error="; ".join(sr.errors))
+    log.warning("shape %s is unmappable: %s", shape.shape_key, "; ".join(sr.errors)[:1000])
+    return sr
+
+
+# -- review -------------------------------------------------------------------------------------------
+
+
+def preview_rule(conn: psycopg.Connection, rule: dict[str, Any], *, shape_key: str | None = None,
+                 limit: int = 3) -> list[dict[str, Any]]:
+    """Sample rows the rule captures: {lake_key, before (redacted payload), after (canonical values)}."""
+    cols = [c for c in _extract_select(rule) if not c[0].startswith("found_")]
+    q = sql.SQL("select l.lake_key, l.payload::text as payload, {cols} from {landing} as l "
+                "where {live} and l.payload_format = any({formats}::text[]) "
+                "and jsonb_path_exists(l.payload, {match}::jsonpath, '{{}}'::jsonb, true) "
+                "order by (l.shape_key = {shape}) desc, l.load_seq desc limit {limit}").format(
+        cols=sql.SQL(", ").join(sql.SQL("{} as {}").format(e, sql.Identifier(n)) for n, e in cols),
+        landing=sql.SQL(LANDING), live=LIVE, formats=sql.Literal(list(rule.get("formats") or [])),
+        match=sql.Literal(rule["match"]), shape=sql.Literal(shape_key), limit=sql.Literal(limit))
+    out = []
+    f = rule.get("fields") or {}
+    amount_spec = f.get("amount") if isinstance(f.get("amount"), dict) else {}
+    status_spec = f.get("status") if isinstance(f.get("status"), dict) else {}
+    with conn.cursor(row_factory=dict_row) as cur:
+        for r in cur.execute(q).fetchall():
+            status = r["status_mapped"] if r["status_mapped"] in mappings.STATUSES else None
+            if status is None and status_spec.get("vocabulary", True) is not False:
+                status = vocabulary_status(r["status_token"], r["provider"])
+            ck = _code_key(r["currency_text"])
+            cur_iso = _seeds()["currencies"].get(ck) if ck else None
+            amount = None
+            text = r["amount_text"]
+            if text is not None:
+                t = text.strip()
+                if amount_spec.get("decimal_comma"):
+                    t = re.sub(r"[\s.']", "", t).replace(",", ".")
+                try:
+                    value = Decimal(t.lstrip("+"))
+                    if amount_spec.get("absolute"):
+                        value = abs(value)
+                    amount = (value.scaleb(-cur_iso[1]) if amount_spec.get("unit") == "minor" and cur_iso
+                              else value if amount_spec.get("unit") == "major" else None)
+                except Exception:  # noqa: BLE001 - a preview shows what it can
+                    amount = None
+            out.append({
+                "lake_key": r["lake_key"],
+                "before": redact.redact(loads_exact(r["payload"])),
+                "after": {"provider": r["provider"], "transaction_id": r["transaction_id"], "status": status,
+                          "provider_status_raw": r["status_token"],
+                          "amount": None if amount is None else str(amount), "amount_raw": text,
+                          "currency": cur_iso[0] if cur_iso else None, "event_type": r["event_type"] or "unknown",
+                          "event_at_raw": r["event_at_text"]},
+            })
+    return out
+
+
+def review(conn: psycopg.Connection, *, limit: int = 3) -> list[dict[str, Any]]:
+    """Proposed rules (newest first) with their validation figures and sample before/after rows."""
+    mappings.ensure_schema(conn)
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute("select id, origin, model, prompt_hash, rule, validation, updated_at from paynorm.mappings "
+                           "where status = 'proposed' order by updated_at desc, id").fetchall()
+    out = []
+    for r in rows:
+        shape = (r["validation"] or {}).get("shape_key")
+        try:
+            with conn.transaction():
+                samples = preview_rule(conn, r["rule"], shape_key=shape, limit=limit)
+        except psycopg.Error as e:
+            samples = [{"error": str(e)}]
+        out.append({**r, "shape_key": shape, "samples": samples})
+    return out
+
+
+def render_review(items: list[dict[str, Any]]) -> str:
+    if not items:
+        return "no proposed rule waits for review"
+    lines = []
+    for it in items:
+        v = it.get("validation") or {}
+        lines.append(f"== {it['id']} (origin {it['origin']}, model {it['model'] or '-'}, "
+                     f"prompt {it['prompt_hash'] or '-'})")
+        lines.append(f"   {it['rule'].get('description', '')}")
+        lines.append(f"   shape {it.get('shape_key') or '-'}: {v.get('rows', '?')} row(s), status coverage "
+                     f"{v.get('status_coverage', '?')}, "
+                     f"amounts ok {v.get('amount_ok', '?')}/{v.get('amount_rows', '?')}, "
+                     f"currencies ok {v.get('currency_ok', '?')}/{v.get('currency_rows', '?')}")
+        lines.append("   rule: " + json.dumps({k: it["rule"][k] for k in ("match", "provider", "fields")
+                                               if k in it["rule"]}, ensure_ascii=False))
+        for s in it["samples"]:
+            if "error" in s:
+                lines.append(f"   preview failed: {s['error']}")
+                continue
+            lines.append(f"   - {s['lake_key']}")
+            lines.append("     before: " + redact.redact_text(dumps_exact(s["before"]), max_len=400))
+            lines.append("     after:  " + json.dumps(s["after"], ensure_ascii=False))
+        lines.append(f"   paynorm mappings approve {it['id']}  |  paynorm mappings reject {it['id']}  |  "
+                     f"paynorm mappings export {it['id']}")
+    return "\n".join(lines)
+
+
+def approve(conn: psycopg.Connection, rule_id: str) -> None:
+    """Activate a proposed rule (the next dbt build normalizes its rows)."""
+    row = mappings.get_rule(conn, rule_id)
+    if row is None:
+        raise mappings.MappingError(f"no rule {rule_id!r}")
+    mappings.set_status(conn, rule_id, "active")
+
+
+def reject(conn: psycopg.Connection, rule_id: str) -> None:
+    """Reject a rule; an LLM shape it was proposed for is marked failed (quarantine no_rule) and is
+    asked about again only with ``paynorm llm --retry-unmappable`` or a new model / prompt."""
+    mappings.set_status(conn, rule_id, "rejected")
+    with conn.transaction():
+        conn.execute("update paynorm.llm_shapes set status = 'failed', last_error = %s, tried_at = now() "
+                     "where mapping_id = %s", (f"rule {rule_id} rejected in review", rule_id))
+
+
+def export_yaml(conn: psycopg.Connection, rule_id: str) -> str:
+    """The rule as YAML ready to commit as mappings/<id>.yml (with a provenance comment)."""
+    row = mappings.get_rule(conn, rule_id)
+    if row is None:
+        raise mappings.MappingError(f"no rule {rule_id!r}")
+    rule = {k: v for k, v in row["rule"].items() if k != "status"}
+    v = row.get("validation") or {}
+    head = [f"# mappings/{rule_id}.yml — exported by `paynorm mappings export {rule_id}`"]
+    if row["origin"] == "llm":
+        head.append(f"# proposed by {row['model']} (prompt {row['prompt_hash']}) for shape {v.get('shape_key')}; "
+                    f"validated on {v.get('rows')} row(s)")
+    head.append("# add a fixture tests/fixtures/providers/<id>__<case>.json before committing (see mappings/README.md)")
+    return "\n".join(head) + "\n" + mappings.rule_to_yaml(rule)
