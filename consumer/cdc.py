@@ -24,6 +24,7 @@ import struct
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -32,6 +33,7 @@ from psycopg import pq, sql
 from psycopg_pool import ConnectionPool
 
 from . import lake as lakemod
+from . import metrics
 from .lake import ChangeConverter, LakeTable, int_to_lsn, lsn_to_int, parse_message
 from .landing import LandingBatch, tombstone_source, write_batch
 
@@ -148,6 +150,7 @@ class ApplyStats:
     transactions: int = 0
     skipped_transactions: int = 0
     flushes: int = 0
+    snapshot_rows: int = 0  # rows copied by the initial (or recovery) snapshot in this session
     started: float = field(default_factory=time.monotonic)
 
 
@@ -217,6 +220,8 @@ class Applier:
 
     def _commit(self, work: Callable[[psycopg.Connection], int]) -> None:
         new_applied = self.complete
+        started = time.monotonic()
+        ops = Counter(r.op for r in self.batch.rows.values())
         with self.pool.connection() as conn:
             with conn.transaction():
                 self.fence.check(conn)
@@ -230,6 +235,13 @@ class Applier:
                     )
                 crashpoint("before_commit")
         crashpoint("after_commit")  # the warehouse has the data; the lake has not been told yet
+        elapsed = time.monotonic() - started
+        metrics.BATCHES.inc()
+        metrics.BATCH_SECONDS.observe(elapsed)
+        for op, n in ops.items():
+            metrics.ROWS_LANDED.labels(op).inc(n)
+        log.info("batch: %d changes buffered, %d rows written, %d lake transactions, up to %s, %.3fs",
+                 self.batch.changes, written, self.txns_buffered, int_to_lsn(max(new_applied, self.applied)), elapsed)
         self.stats.rows_written += written
         self.stats.flushes += 1
         self.stats.transactions += self.txns_buffered

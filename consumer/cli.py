@@ -302,6 +302,79 @@ def poll(settings: Settings, once: bool | None, interval: float | None, table: s
                + (f", {result.rows_marked} marked processed" if mark_processed else ""))
 
 
+# -- the whole job --------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--once", is_flag=True, default=None, help="One cycle, then exit; non-zero if a stage failed (env RUN_ONCE).")
+@click.option("--interval", type=float, default=None, help="Seconds between cycles (env POLL_INTERVAL_SECONDS).")
+@click.option("--source", type=click.Choice(["cdc", "poll", "files"]), default="cdc", show_default=True,
+              help="Where rows come from: logical replication, keyset polling, or files.")
+@click.option("--path", "files_uri", default=None, help="Folder or s3://bucket/prefix for --source files.")
+@click.option("--attempts", type=int, default=3, show_default=True, help="Tries per failing stage (with back-off).")
+@click.option("--metrics-port", type=int, default=None, help="Serve Prometheus /metrics on this port.")
+@click.option("--metrics-addr", default="0.0.0.0", show_default=True, help="Address for /metrics.")
+@click.pass_obj
+def run(settings: Settings, once: bool | None, interval: float | None, source: str, files_uri: str | None,
+        attempts: int, metrics_port: int | None, metrics_addr: str) -> None:
+    """The whole job: land (cdc | poll | files) -> dbt staging+intermediate -> LLM step -> dbt marts.
+
+    Each cycle is recorded in paynorm.runs. With --once (cron, Kubernetes CronJob) the exit code is
+    1 when a stage failed after its retries; landed data is never lost. Without it cycles repeat and
+    the CDC consumer streams between them. SIGTERM/SIGINT end after the stage in flight.
+
+    \b
+    Example:
+        paynorm run --once                              # cron: 0 0,12 * * *
+        paynorm run --interval 300 --metrics-port 9108  # continuous, scraped by Prometheus
+        paynorm run --once --source files --path s3://lake/payments/
+    """
+    from .pipeline import Pipeline
+
+    _need(settings, "warehouse_dsn", *(("lake_dsn",) if source != "files" else ()))
+    if interval is not None:
+        settings.interval = interval
+    if metrics_port is not None:
+        from . import metrics
+
+        metrics.serve(settings, metrics_port, metrics_addr)
+    pipeline = Pipeline(settings, source=source, files_uri=files_uri, stop=_stop_on_signals(), attempts=attempts)
+    sys.exit(pipeline.run(once=settings.run_once if once is None else once, interval=settings.interval))
+
+
+@cli.command()
+@click.option("--generate", "count", type=int, required=True, help="Records to generate.")
+@click.option("--seed", type=int, default=7, show_default=True, help="Random seed (same seed, same records).")
+@click.option("--days", type=int, default=7, show_default=True, help="Spread created_at over this many days.")
+@click.option("--dsn", default=None, help="Lake DSN allowed to INSERT (default: the `paynorm dev` cluster's lake).")
+@click.option("--jsonl", "jsonl", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write the records to this JSON Lines file instead of the lake.")
+@click.pass_obj
+def demo(settings: Settings, count: int, seed: int, days: int, dsn: str | None, jsonl: str | None) -> None:
+    """Generate a realistic lake: every built-in shape, realistic outcomes, unknown shapes, broken payloads.
+
+    \b
+    Example:
+        paynorm demo --generate 20000
+        paynorm demo --generate 1000 --jsonl /tmp/lake.jsonl
+    """
+    import psycopg
+
+    from . import devdb
+    from .demo import generate_records, insert_records, write_jsonl
+
+    records = generate_records(count, seed=seed, days=days)
+    if jsonl:
+        with open(jsonl, "w") as out:
+            n = write_jsonl(records, out)
+        click.echo(f"wrote {n:,} records to {jsonl}")
+        return
+    target = dsn or devdb.Cluster(settings.home / "pg").dsn("lake")
+    with psycopg.connect(target, autocommit=True) as conn:
+        n = insert_records(conn, records)
+    click.echo(f"inserted {n:,} records into the lake")
+
+
 # -- normalization --------------------------------------------------------------------------------
 
 

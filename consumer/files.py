@@ -51,6 +51,7 @@ from typing import Any, BinaryIO, Callable, Iterator, TextIO
 
 import psycopg
 
+from . import metrics
 from .cdc import crashpoint
 from .jsonutil import dumps_exact
 from .landing import (  # the landing's own staging table and upsert: files land exactly like CDC rows
@@ -971,6 +972,7 @@ class FileLoader:
         stats.loaded += 1
         stats.records += records
         stats.rows_landed += landed
+        metrics.ROWS_LANDED.labels("F").inc(landed)
         stats.bad_records += bad_records
         stats.tombstoned += gone
         log.info("loaded %s (%s, %s): %s records, %s rows landed%s%s, %.1fs", ref.key, ref.fmt, _human(ref.size),

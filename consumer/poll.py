@@ -24,6 +24,7 @@ import psycopg
 from psycopg import sql
 
 from . import lake as lakemod
+from . import metrics
 from .landing import LandingBatch, init_warehouse, write_batch
 from .replicate import open_pool
 from .settings import Settings, redact_dsn
@@ -141,6 +142,7 @@ class Poller:
                         " watermark = excluded.watermark, rows_landed = s.rows_landed + excluded.rows_landed,"
                         " updated_at = now()",
                         (self.table.qualified, watermark, written))
+            metrics.ROWS_LANDED.labels("P").inc(written)
             res.rows_read += len(records)
             res.rows_written += written
             if self.mark_processed and writer is not None:

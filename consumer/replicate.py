@@ -134,17 +134,20 @@ def _session(settings: Settings, pool: ConnectionPool, fence: Fence, *, once: bo
     with lakemod.connect(settings.lake_dsn) as lake_conn:
         table = lakemod.describe_table(lake_conn, settings.table, settings.payload_column)
         state = _prepare(settings, pool, fence, lake_conn, table, resnapshot)
+        snapshot_rows = 0
         if not state.snapshot_done:
-            finished = run_snapshot(lake_conn, pool, fence, table, state, source=settings.source_tag,
-                                    chunk=settings.snapshot_chunk, max_payload_bytes=settings.max_payload_bytes,
-                                    stop=stop)
-            if not finished:
+            copied = run_snapshot(lake_conn, pool, fence, table, state, source=settings.source_tag,
+                                  chunk=settings.snapshot_chunk, max_payload_bytes=settings.max_payload_bytes,
+                                  stop=stop)
+            if copied is None:
                 return ApplyStats()
+            snapshot_rows = copied
             with pool.connection() as conn:
                 state = load_state(conn, settings.slot)
             assert state is not None
     applier = Applier(pool, fence, table, state, source=settings.source_tag, batch_size=settings.batch_size,
                       max_payload_bytes=settings.max_payload_bytes)
+    applier.stats.snapshot_rows = snapshot_rows
     options = lakemod.wal2json_options(table)
     started = time.monotonic()
     if settings.transport == "stream":

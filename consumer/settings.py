@@ -113,6 +113,9 @@ class Settings:
     files_chunk: int = field(default_factory=lambda: int(os.environ.get("PAYNORM_FILES_CHUNK", "5000")))
     # S3-compatible endpoint (MinIO...); empty = AWS (boto3 also reads AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL).
     s3_endpoint_url: str = field(default_factory=lambda: os.environ.get("PAYNORM_S3_ENDPOINT_URL", ""))
+    # -- the pipeline (`paynorm run`, consumer/pipeline.py) --
+    # dbt project to build; empty = the one shipped in this repository (your own fork of the models works too).
+    dbt_project_dir: str = field(default_factory=lambda: os.environ.get("PAYNORM_DBT_PROJECT_DIR", ""))
 
     @property
     def table_parts(self) -> tuple[str, str]:

@@ -17,6 +17,7 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
+from . import metrics
 from .cdc import Fence, ReplicationState, crashpoint
 from .lake import LakeTable, pk_params, rows_from_text, text_select_list
 from .landing import LandingBatch, tombstone_source, write_batch
@@ -60,8 +61,8 @@ def _select_chunk(table: LakeTable, has_cursor: bool) -> sql.Composed:
 
 def run_snapshot(lake_conn: psycopg.Connection, pool: ConnectionPool, fence: Fence, table: LakeTable,
                  state: ReplicationState, *, source: str, chunk: int, max_payload_bytes: int,
-                 stop: threading.Event) -> bool:
-    """Copy the table (resuming at the saved cursor); True when complete, False when stopped."""
+                 stop: threading.Event) -> int | None:
+    """Copy the table (resuming at the saved cursor); rows copied by this call, None when stopped."""
     assert state.snapshot_lsn is not None
     lsn = state.snapshot_lsn
     total_row = lake_conn.execute(
@@ -74,7 +75,7 @@ def run_snapshot(lake_conn: psycopg.Connection, pool: ConnectionPool, fence: Fen
         conn.execute("update paynorm.replication_state set snapshot_total = %s where slot_name = %s",
                      (total, state.slot_name))
     cursor = json.loads(state.snapshot_last_key) if state.snapshot_last_key else None
-    done = state.snapshot_rows
+    done = start = state.snapshot_rows
     progress = Progress(total)
     log.info("snapshot of %s at %s: %s rows%s", table.qualified, lsn, f"{total:,}" if total else "?",
              f", resuming after {done:,}" if cursor else "")
@@ -99,6 +100,7 @@ def run_snapshot(lake_conn: psycopg.Connection, pool: ConnectionPool, fence: Fen
                         "update paynorm.replication_state set snapshot_last_key = %s, snapshot_rows = %s,"
                         " updated_at = now() where slot_name = %s",
                         (json.dumps(cursor), done, state.slot_name))
+            metrics.ROWS_LANDED.labels("S").inc(len(records))
             progress.update(done)
             crashpoint("snapshot_chunk")
             if len(records) < chunk:
@@ -107,7 +109,7 @@ def run_snapshot(lake_conn: psycopg.Connection, pool: ConnectionPool, fence: Fen
         progress.close()
     if stop.is_set():
         log.info("snapshot interrupted after %s rows; it resumes at the next start", f"{done:,}")
-        return False
+        return None
     with pool.connection() as conn:
         with conn.transaction():
             fence.check(conn)
@@ -117,4 +119,4 @@ def run_snapshot(lake_conn: psycopg.Connection, pool: ConnectionPool, fence: Fen
                 "update paynorm.replication_state set snapshot_done = true, snapshot_last_key = null,"
                 " snapshot_rows = %s, updated_at = now() where slot_name = %s", (done, state.slot_name))
     log.info("snapshot done: %s rows landed%s", f"{done:,}", f", {gone:,} stale rows tombstoned" if gone else "")
-    return True
+    return done - start

@@ -51,6 +51,9 @@ def collect(settings: Settings) -> dict[str, Any]:
         info["landing"]["by_format"] = dict(conn.execute(
             "select payload_format, count(*) from raw.lake_transactions where not deleted"
             " group by 1 order by 2 desc").fetchall())
+        info["layers"] = _layers(conn)
+        info["llm"] = _llm(conn)
+        info["runs"] = _runs(conn)
     if settings.lake_dsn:
         try:
             with lakemod.connect(settings.lake_dsn) as lconn:
@@ -64,6 +67,45 @@ def collect(settings: Settings) -> dict[str, Any]:
         caught_up = (slot["lag_bytes"] or 0) <= 0
         info["lag_seconds"] = 0 if caught_up else state["seconds_since_last_commit"]
     return info
+
+
+def _exists(conn: psycopg.Connection, relation: str) -> bool:
+    return conn.execute("select to_regclass(%s) is not null", (relation,)).fetchone()[0]  # type: ignore[index]
+
+
+def _layers(conn: psycopg.Connection) -> dict[str, Any]:
+    """Rows per layer of the marts (when dbt has built them)."""
+    if not _exists(conn, "paynorm_marts.normalized_payment_events"):
+        return {}
+    events = dict(conn.execute("select status, count(*) from paynorm_marts.normalized_payment_events"
+                               " group by 1 order by 2 desc").fetchall())
+    quarantine = dict(conn.execute("select reason, count(*) from paynorm_marts.normalization_quarantine"
+                                   " group by 1 order by 2 desc").fetchall())
+    pending = conn.execute("select count(*), count(distinct shape_key) from paynorm_marts.normalization_pending"
+                           ).fetchone()
+    assert pending is not None
+    return {"events": sum(events.values()), "events_by_status": events, "quarantine": sum(quarantine.values()),
+            "quarantine_by_reason": quarantine, "pending": pending[0], "pending_shapes": pending[1]}
+
+
+def _llm(conn: psycopg.Connection) -> dict[str, Any]:
+    """LLM calls and tokens of the last 7 days."""
+    if not _exists(conn, "paynorm.llm_calls"):
+        return {}
+    row = conn.execute("select count(*), coalesce(sum(tokens_in), 0), coalesce(sum(tokens_out), 0)"
+                       " from paynorm.llm_calls where called_at > now() - interval '7 days'").fetchone()
+    assert row is not None
+    by_outcome = dict(conn.execute("select outcome, count(*) from paynorm.llm_calls"
+                                   " where called_at > now() - interval '7 days' group by 1").fetchall())
+    return {"calls": row[0], "tokens_in": int(row[1]), "tokens_out": int(row[2]), "by_outcome": by_outcome}
+
+
+def _runs(conn: psycopg.Connection) -> list[dict[str, Any]]:
+    if not _exists(conn, "paynorm.runs"):
+        return []
+    rows = conn.execute("select run_id, source, started_at, ended_at, outcome, error from paynorm.runs"
+                        " order by run_id desc limit 5").fetchall()
+    return [dict(zip(["run_id", "source", "started_at", "ended_at", "outcome", "error"], r)) for r in rows]
 
 
 def render(info: dict[str, Any]) -> str:
@@ -98,4 +140,19 @@ def render(info: dict[str, Any]) -> str:
                      f" {landing['decode_errors']:,} with decode errors)")
         lines.append(f"formats         {fmts}")
         lines.append(f"last landed     {landing['last_loaded_at'] or '-'}")
+    layers = info.get("layers")
+    if layers:
+        statuses = ", ".join(f"{k} {v:,}" for k, v in layers["events_by_status"].items()) or "-"
+        lines.append(f"events          {layers['events']:,} ({statuses})")
+        reasons = ", ".join(f"{k} {v:,}" for k, v in layers["quarantine_by_reason"].items()) or "-"
+        lines.append(f"quarantine      {layers['quarantine']:,} ({reasons})")
+        lines.append(f"pending LLM     {layers['pending']:,} rows in {layers['pending_shapes']:,} shapes")
+    llm = info.get("llm")
+    if llm:
+        lines.append(f"LLM this week   {llm['calls']:,} calls, {llm['tokens_in']:,} tokens in, "
+                     f"{llm['tokens_out']:,} out")
+    for run in info.get("runs") or []:
+        took = f"{(run['ended_at'] - run['started_at']).total_seconds():.1f}s" if run["ended_at"] else "running"
+        lines.append(f"run {run['run_id']:<11} {run['started_at']:%Y-%m-%d %H:%M:%S} {run['source']} {run['outcome']}"
+                     f" {took}{(': ' + run['error'][:80]) if run['error'] else ''}")
     return "\n".join(lines)

@@ -107,15 +107,23 @@ def write_profiles_dir(dsn: str, directory: str | Path, *, schema: str = DEFAULT
 
 @contextlib.contextmanager
 def _secret_env(password: str) -> Iterator[None]:
-    old = os.environ.get(PASSWORD_ENV)
+    """The password (and session options) in the environment for the duration of one dbt call.
+
+    PGOPTIONS turns JIT off for dbt's sessions: the rules compile into one large query whose
+    estimated cost always crosses jit_above_cost, and JIT-compiling it took 35 s of a 36 s
+    incremental build on 20k rows (measured with EXPLAIN ANALYZE), for nothing in return.
+    """
+    saved = {k: os.environ.get(k) for k in (PASSWORD_ENV, "PGOPTIONS")}
     os.environ[PASSWORD_ENV] = password
+    os.environ["PGOPTIONS"] = f"{saved['PGOPTIONS'] or ''} -c jit=off".strip()
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop(PASSWORD_ENV, None)
-        else:
-            os.environ[PASSWORD_ENV] = old
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def run_dbt(dsn: str, args: Sequence[str], *, home: str | Path = ".paynorm", schema: str = DEFAULT_SCHEMA,

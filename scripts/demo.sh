@@ -6,14 +6,14 @@ BIN=.venv/bin
 $BIN/paynorm dev up >/dev/null
 # shellcheck disable=SC1091
 source .paynorm/env
-echo "== lake: the brief's sample records (plus generated ones) =="
-$BIN/paynorm dev seed --count "${DEMO_RECORDS:-2000}"
-echo "== replicate: snapshot + stream into the warehouse, exactly once =="
-$BIN/paynorm replicate --once
+echo "== lake: the brief's sample records, and a generated lake (every built-in shape, unknown shapes, broken payloads) =="
+$BIN/paynorm dev seed
+$BIN/paynorm demo --generate "${DEMO_RECORDS:-20000}"
+echo "== run --once: replicate (snapshot + stream, exactly once) -> dbt -> LLM step -> dbt marts =="
+$BIN/paynorm run --once 2> .paynorm/demo-run.log >/dev/null || { tail -40 .paynorm/demo-run.log; exit 1; }
+grep -E "consumer\.(replicate|snapshot|pipeline|llm):" .paynorm/demo-run.log | sed -E 's/^[0-9:]+ INFO //'
 echo "== status =="
 $BIN/paynorm status
-echo "== transform: mapping rules compiled to SQL by dbt, marts built =="
-$BIN/paynorm transform
 echo "== summary =="
 $BIN/paynorm summary
 echo

@@ -1,0 +1,250 @@
+"""`paynorm run`: one cycle = land from the source -> dbt (staging, intermediate) -> LLM step -> dbt marts.
+
+`--once` runs one cycle and exits (non-zero when a stage failed, so cron and Kubernetes see it).
+Without it cycles repeat every interval; with the CDC source the consumer streams continuously in
+a background thread between transforms. A failing stage is logged with its cause and retried with
+back-off; landed data is never touched by a failure downstream. Every cycle is recorded in
+``paynorm.runs``. SIGTERM/SIGINT end cleanly after the stage in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import psycopg
+
+from . import metrics
+from .landing import init_warehouse
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("cdc", "poll", "files")
+
+_RUNS_DDL = """
+create table if not exists paynorm.runs (
+    run_id       bigserial primary key,
+    started_at   timestamptz not null default now(),
+    ended_at     timestamptz,
+    source       text not null,
+    outcome      text not null default 'running' check (outcome in ('running', 'ok', 'failed', 'stopped')),
+    stages       jsonb not null default '[]',   -- per stage: name, outcome, rows, seconds, attempts, error
+    error        text
+)
+"""
+
+
+class StageFailed(RuntimeError):
+    """A stage did not succeed; the message is the cause to log and record."""
+
+
+@dataclass
+class StageResult:
+    name: str
+    outcome: str = "ok"  # ok | failed | skipped
+    rows: int | None = None
+    seconds: float = 0.0
+    attempts: int = 0
+    detail: str = ""
+    error: str | None = None
+
+
+@dataclass
+class CycleResult:
+    run_id: int | None
+    outcome: str = "ok"  # ok | failed | stopped
+    stages: list[StageResult] = field(default_factory=list)
+
+    def line(self) -> str:
+        parts = [f"{s.name} {s.outcome}{'' if s.rows is None else f' ({s.rows:,} rows)'} {s.seconds:.1f}s"
+                 for s in self.stages]
+        return f"cycle {self.run_id}: {self.outcome}; " + ", ".join(parts)
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, *, source: str = "cdc", files_uri: str | None = None,
+                 stop: threading.Event | None = None, attempts: int = 3, backoff: float = 2.0) -> None:
+        if source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}")
+        self.settings = settings
+        self.source = source
+        self.files_uri = files_uri
+        self.stop = stop or threading.Event()
+        self.attempts = attempts
+        self.backoff = backoff
+        self.streamer: threading.Thread | None = None
+        self.stream_stop = threading.Event()
+        self.stream_result: Any = None
+
+    # -- bookkeeping ------------------------------------------------------------------------------
+
+    def _conn(self) -> psycopg.Connection:
+        return psycopg.connect(self.settings.warehouse_dsn, autocommit=True)
+
+    def _start_run(self) -> int:
+        with self._conn() as conn:
+            init_warehouse(conn)
+            conn.execute(_RUNS_DDL)
+            row = conn.execute("insert into paynorm.runs (source) values (%s) returning run_id", (self.source,)).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def _finish_run(self, result: CycleResult) -> None:
+        errors = [f"{s.name}: {s.error}" for s in result.stages if s.error]
+        try:
+            with self._conn() as conn:
+                conn.execute("update paynorm.runs set ended_at = now(), outcome = %s, stages = %s::jsonb, error = %s"
+                             " where run_id = %s",
+                             (result.outcome, json.dumps([asdict(s) for s in result.stages]),
+                              "; ".join(errors) or None, result.run_id))
+        except psycopg.Error as e:
+            log.warning("could not record run %s: %s", result.run_id, str(e).strip().splitlines()[0])
+
+    # -- stages -----------------------------------------------------------------------------------
+
+    def _stage(self, name: str, fn: Callable[[], tuple[int | None, str]]) -> StageResult:
+        """Run one stage with retries and back-off; never raises."""
+        res = StageResult(name)
+        started = time.monotonic()
+        log.info("stage %s: starting", name)
+        delay = self.backoff
+        while True:
+            res.attempts += 1
+            try:
+                with metrics.STAGE_SECONDS.labels(name).time():
+                    res.rows, res.detail = fn()
+                res.outcome, res.error = "ok", None
+                break
+            except Exception as e:  # noqa: BLE001 - a stage failure is reported and retried, never fatal
+                res.outcome, res.error = "failed", (str(e).strip().splitlines() or [type(e).__name__])[0][:500]
+                log.warning("stage %s failed (attempt %d/%d): %s", name, res.attempts, self.attempts, res.error)
+                log.debug("%s", traceback.format_exc())
+                if res.attempts >= self.attempts or self.stop.is_set():
+                    break
+                self.stop.wait(delay)
+                delay *= 2
+        res.seconds = round(time.monotonic() - started, 3)
+        metrics.STAGE_RUNS.labels(name, res.outcome).inc()
+        return res
+
+    def _land(self) -> tuple[int | None, str]:
+        s = self.settings
+        if self.source == "cdc":
+            if self.streamer is not None:  # continuous mode: the consumer streams on its own
+                if not self.streamer.is_alive():
+                    raise StageFailed(f"the CDC consumer stopped: {getattr(self.stream_result, 'message', '')}")
+                return None, "streaming"
+            from .replicate import replicate
+
+            r = replicate(s, once=True, stop=self.stop, max_attempts=self.attempts)
+            if r.exit_code:
+                raise StageFailed(r.message)
+            rows = (r.stats.rows_written + r.stats.snapshot_rows) if r.stats else 0
+            return rows, "replicated to the lake's position"
+        if self.source == "poll":
+            from .poll import poll
+
+            p = poll(s, once=True, stop=self.stop)
+            return p.rows_written, f"{p.rows_read} rows read"
+        from .files import load
+
+        f = load(s, self.files_uri, once=True, stop=self.stop)
+        if f.exit_code:
+            raise StageFailed(f"file load failed (exit {f.exit_code}); see paynorm.processed_files")
+        return getattr(f.stats, "rows_landed", None), "files loaded"
+
+    def _dbt(self, args: list[str], sync_rules: bool) -> Callable[[], tuple[int | None, str]]:
+        def run() -> tuple[int | None, str]:
+            from . import mappings
+            from .transform import run_dbt
+
+            if sync_rules:
+                with self._conn() as conn:
+                    mappings.ensure_schema(conn)
+                    synced = mappings.sync(conn)
+                if synced.refused:
+                    log.warning("mapping rules refused: %s", ", ".join(sorted(synced.refused)))
+            extra = {"project_dir": self.settings.dbt_project_dir} if self.settings.dbt_project_dir else {}
+            r = run_dbt(self.settings.warehouse_dsn, ["build", *args], home=self.settings.home, quiet=True, **extra)
+            if not r.success:
+                raise StageFailed(r.summary().replace("\n", " | "))
+            rows = sum(n.rows_affected or 0 for n in r.nodes)
+            return rows, r.summary().splitlines()[0]
+        return run
+
+    def _llm(self) -> tuple[int | None, str]:
+        from .llm import run_llm_step
+
+        r = run_llm_step(self.settings.warehouse_dsn, self.settings)
+        metrics.LLM_CALLS.inc(r.calls)
+        metrics.LLM_TOKENS.labels("in").inc(r.tokens_in)
+        metrics.LLM_TOKENS.labels("out").inc(r.tokens_out)
+        log.info("%s", r.summary())
+        return r.rows_waiting, r.summary()
+
+    # -- cycles -----------------------------------------------------------------------------------
+
+    def cycle(self) -> CycleResult:
+        result = CycleResult(self._start_run())
+        steps: list[tuple[str, Callable[[], tuple[int | None, str]]]] = [
+            ("land", self._land),
+            # Staging and intermediate with their own tests only ("cautious": the conservation test
+            # of the marts waits for the marts), then the LLM step, then intermediate again (rules the
+            # LLM added re-normalize their rows) and the marts.
+            ("transform", self._dbt(["--select", "+intermediate", "--indirect-selection", "cautious"],
+                                    sync_rules=True)),
+            ("llm", self._llm),
+            ("marts", self._dbt(["--select", "intermediate+"], sync_rules=False)),
+        ]
+        for name, fn in steps:
+            if self.stop.is_set():
+                result.outcome = "stopped"
+                result.stages.append(StageResult(name, outcome="skipped"))
+                continue
+            stage = self._stage(name, fn)
+            result.stages.append(stage)
+            if stage.outcome == "failed":
+                result.outcome = "failed"
+                break  # later stages need this one; landed data stays as it is
+        if result.outcome == "ok" and self.stop.is_set() and any(s.outcome == "skipped" for s in result.stages):
+            result.outcome = "stopped"
+        self._finish_run(result)
+        if result.outcome == "ok":
+            metrics.LAST_SUCCESS.set_to_current_time()
+        metrics.CYCLES.labels(result.outcome).inc()
+        log.info("%s", result.line())
+        return result
+
+    def _start_streamer(self) -> None:
+        from .replicate import replicate
+
+        def target() -> None:
+            self.stream_result = replicate(self.settings, once=False, stop=self.stream_stop)
+            if self.stream_result.exit_code:
+                log.error("CDC consumer stopped: %s", self.stream_result.message)
+
+        self.streamer = threading.Thread(target=target, name="cdc-consumer", daemon=True)
+        self.streamer.start()
+
+    def run(self, *, once: bool, interval: float) -> int:
+        """Cycles until stopped; the exit code (0 ok, 1 a stage failed in --once)."""
+        if once:
+            result = self.cycle()
+            return 1 if result.outcome == "failed" else 0
+        if self.source == "cdc":
+            self._start_streamer()
+        try:
+            while not self.stop.is_set():
+                self.cycle()
+                self.stop.wait(interval)
+            return 0
+        finally:
+            self.stream_stop.set()
+            if self.streamer is not None:
+                self.streamer.join(timeout=120)
