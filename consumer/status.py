@@ -130,8 +130,8 @@ def render(info: dict[str, Any]) -> str:
         lines.append(f"lake position   {info['lake_lsn']}, slot {slot['wal_status']}, "
                      f"{'active' if slot['active'] else 'inactive'}")
         lag_s = info.get("lag_seconds")
-        lines.append(f"lag             {_human_bytes(slot['lag_bytes'])}"
-                     + (f", {lag_s} s since the last applied commit" if lag_s else ", caught up"))
+        lines.append(f"lag             {_human_bytes(slot['lag_bytes'])} of lake WAL past the confirmed position"
+                     + (f", {lag_s} s since the last applied commit" if lag_s else ""))
         lines.append(f"WAL retained    {_human_bytes(slot['retained_bytes'])}")
     landing = info.get("landing")
     if landing:
