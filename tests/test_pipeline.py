@@ -166,3 +166,20 @@ def test_run_with_the_poll_source(env: Env, home: Path) -> None:
     with env.wh_conn() as wh:
         assert wh.execute("select count(*) from raw.lake_transactions where op = 'P'").fetchone()[0] == n
         assert wh.execute("select count(*) from paynorm_marts.normalized_payment_events").fetchone()[0] > 0
+
+
+def test_run_with_the_files_source(env: Env, home: Path, tmp_path: Path) -> None:
+    from consumer.demo import write_jsonl
+
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    with open(folder / "batch-001.jsonl", "w") as out:
+        n = write_jsonl(generate_records(150, seed=11), out)
+    assert Pipeline(env.settings(home=home), source="files", files_uri=str(folder)).run(once=True, interval=0) == 0
+    with env.wh_conn() as wh:
+        landed = wh.execute("select count(*) from raw.lake_transactions where op = 'F'").fetchone()[0]
+        placed = wh.execute(
+            "select (select count(*) from paynorm_marts.normalized_payment_events)"
+            " + (select count(*) from paynorm_marts.normalization_quarantine)"
+            " + (select count(*) from paynorm_marts.normalization_pending)").fetchone()[0]
+    assert landed == n == placed

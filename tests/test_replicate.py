@@ -9,6 +9,7 @@ from decimal import Decimal
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from consumer.cdc import load_state
 from consumer.replicate import EXIT_FENCED, EXIT_OK, EXIT_SLOT_LOST, replicate
@@ -231,6 +232,35 @@ def test_lost_slot_is_reported_and_resnapshot_recovers(env: Env) -> None:
     with env.wh_conn() as wh:
         gone = {r[0] for r in wh.execute("select lake_key from raw.lake_transactions where deleted")}
     assert gone == set(ids[:4])
+
+
+def test_invalidated_slot_is_reported_and_resnapshot_recovers(env: Env) -> None:
+    """max_slot_wal_keep_size exceeded while the consumer is away: wal_status = lost."""
+    with env.lake_conn() as lake:
+        insert_rows(lake, 10)
+    run_once(env)
+    with env.lake_conn() as lake:
+        insert_rows(lake, 5, start=100)  # changes the slot will never deliver
+        lake.execute("create table public.filler (pad text)")
+        keep = lake.execute("show max_slot_wal_keep_size").fetchone()[0]
+        lake.execute("alter system set max_slot_wal_keep_size = '1MB'")
+        lake.execute("select pg_reload_conf()")
+        try:
+            for _ in range(6):
+                lake.execute("insert into public.filler select repeat('x', 1000) from generate_series(1, 20000)")
+                lake.execute("select pg_switch_wal()")
+                lake.execute("checkpoint")
+            status = lake.execute("select wal_status from pg_replication_slots where slot_name = %s",
+                                  (env.slot,)).fetchone()[0]
+        finally:
+            lake.execute(sql.SQL("alter system set max_slot_wal_keep_size = {}").format(sql.Literal(keep)))
+            lake.execute("select pg_reload_conf()")
+    assert status == "lost", "the slot was not invalidated: the test proves nothing"
+    result = replicate(env.settings(), once=True)
+    assert result.exit_code == EXIT_SLOT_LOST
+    assert "wal_status=lost" in result.message and "--resnapshot" in result.message
+    run_once(env, resnapshot=True)
+    env.assert_converged()
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
