@@ -307,8 +307,8 @@ class Sizes:
 
 # Quick: every benchmark, small, under 3 minutes. dbt builds take ~1 s per 400 landed rows here
 # (see README "Bottlenecks"), so the dbt-based cases run once, on a few thousand rows.
-QUICK = Sizes(cdc_small=5_000, cdc_large=20_000, cdc_one_txn=10_000, cdc_runs=3, cdc_large_runs=3,
-              snapshot_rows=20_000, snapshot_runs=3, latency_seconds=5, latency_runs=3, latency_rate=2000,
+QUICK = Sizes(cdc_small=5_000, cdc_large=12_000, cdc_one_txn=8_000, cdc_runs=3, cdc_large_runs=3,
+              snapshot_rows=10_000, snapshot_runs=3, latency_seconds=5, latency_runs=3, latency_rate=2000,
               transform_rows=2_000, transform_incr=500, transform_runs=1, llm_rows=5_000, llm_shapes=10,
               llm_runs=3, e2e_small=2_000, e2e_large=0)
 # Full: the sizes, except where dbt's current speed would take hours (README says which):
