@@ -271,10 +271,11 @@ def dev_status(home: Path) -> str:
 
 def seed_lake(home: Path, *, extra: int = 0) -> int:
     """Insert the brief's sample records (plus ``extra`` generated ones) into the dev lake."""
-    from .samples import brief_records, generated_records
+    from .demo import generate_records
+    from .samples import brief_records
 
     cluster = _cluster(home)
-    records = brief_records() + generated_records(extra)
+    records = brief_records() + list(generate_records(extra))
     with cluster.connect("lake") as conn:
         before = conn.execute("select count(*) from public.raw_transactions").fetchone()[0]  # type: ignore[index]
         with conn.cursor() as cur:

@@ -159,19 +159,12 @@ class Pipeline:
             raise StageFailed(f"file load failed (exit {f.exit_code}); see paynorm.processed_files")
         return getattr(f.stats, "rows_landed", None), "files loaded"
 
-    def _dbt(self, args: list[str], sync_rules: bool) -> Callable[[], tuple[int | None, str]]:
+    def _dbt(self, select: list[str], extra: list[str], sync_rules: bool) -> Callable[[], tuple[int | None, str]]:
         def run() -> tuple[int | None, str]:
-            from . import mappings
-            from .transform import run_dbt
+            from .transform import transform
 
-            if sync_rules:
-                with self._conn() as conn:
-                    mappings.ensure_schema(conn)
-                    synced = mappings.sync(conn)
-                if synced.refused:
-                    log.warning("mapping rules refused: %s", ", ".join(sorted(synced.refused)))
-            extra = {"project_dir": self.settings.dbt_project_dir} if self.settings.dbt_project_dir else {}
-            r = run_dbt(self.settings.warehouse_dsn, ["build", *args], home=self.settings.home, quiet=True, **extra)
+            r = transform(self.settings.warehouse_dsn, home=self.settings.home, select=select, extra_args=extra,
+                          sync_rules=sync_rules, project_dir=self.settings.dbt_project_dir or None, quiet=True)
             if not r.success:
                 raise StageFailed(r.summary().replace("\n", " | "))
             rows = sum(n.rows_affected or 0 for n in r.nodes)
@@ -197,10 +190,9 @@ class Pipeline:
             # Staging and intermediate with their own tests only ("cautious": the conservation test
             # of the marts waits for the marts), then the LLM step, then intermediate again (rules the
             # LLM added re-normalize their rows) and the marts.
-            ("transform", self._dbt(["--select", "+intermediate", "--indirect-selection", "cautious"],
-                                    sync_rules=True)),
+            ("transform", self._dbt(["+intermediate"], ["--indirect-selection", "cautious"], sync_rules=True)),
             ("llm", self._llm),
-            ("marts", self._dbt(["--select", "intermediate+"], sync_rules=False)),
+            ("marts", self._dbt(["intermediate+"], [], sync_rules=False)),
         ]
         for name, fn in steps:
             if self.stop.is_set():

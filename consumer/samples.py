@@ -1,8 +1,7 @@
-"""Sample lake records: the brief's examples, and a small generator for demos and tests."""
+"""Sample lake records: the brief's examples, verbatim (the generator is consumer.demo)."""
 
 from __future__ import annotations
 
-import random
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -34,30 +33,3 @@ def brief_records() -> list[dict[str, Any]]:
         {"id": str(uuid.UUID(int=2)), "data": {"transaction_id": "pay_456", "value": 250, "state": "declined"},
          "merchant": MERCHANTS[1], "transactional_id": str(uuid.UUID(int=102)), "source": "adyen"},
     ]
-
-
-def generated_records(n: int, seed: int = 7) -> list[dict[str, Any]]:
-    """``n`` records in the brief's three shapes, reproducible for a given seed."""
-    rnd = random.Random(seed)
-    out = []
-    for i in range(n):
-        merchant = rnd.choice(MERCHANTS)
-        amount = Decimal(rnd.randint(100, 99999)) / 100
-        approved = rnd.random() < 0.8
-        kind = i % 3
-        if kind == 0:
-            data: Any = {"amt": amount, "p_id": "Stripe", "exec_ms": rnd.randint(80, 2000),
-                         "st_code": 1 if approved else 0, "server_txt": "00_SUCCESS" if approved else "51_DECLINED",
-                         "card_country": rnd.choice(["ES", "CO", "PE", "MX"])}
-        elif kind == 1:
-            stat = "APPROVED" if approved else "DECLINED"
-            data = {"type": "XML_BLOB",
-                    "content": f"<Tx><MerchID>{merchant['id'][:8]}</MerchID><Val>{amount}</Val><Stat>{stat}</Stat></Tx>"}
-        else:
-            data = {"meta": {"code": 200, "latency": rnd.randint(80, 2000)},
-                    "status": "APPROVED" if approved else "DECLINED", "provider": "PayU",
-                    "origin_iso": rnd.choice(["AR", "CO", "PE"]),
-                    "amount_details": {"value": amount, "currency": rnd.choice(["USD", "COP", "PEN"])}}
-        out.append({"id": str(uuid.UUID(int=rnd.getrandbits(128), version=4)), "data": data, "merchant": merchant,
-                    "transactional_id": str(uuid.UUID(int=rnd.getrandbits(128), version=4))})
-    return out

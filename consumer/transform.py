@@ -162,7 +162,8 @@ def run_dbt(dsn: str, args: Sequence[str], *, home: str | Path = ".paynorm", sch
 def transform(dsn: str, *, home: str | Path = ".paynorm", select: Sequence[str] | None = None,
               exclude: Sequence[str] | None = None, full_refresh: bool = False, sync_rules: bool = True,
               mappings_dir: str | Path = mappings.DEFAULT_DIR, vars: dict[str, Any] | None = None,
-              target_path: str | Path | None = None, threads: int = 4) -> TransformResult:
+              target_path: str | Path | None = None, threads: int = 4, extra_args: Sequence[str] = (),
+              project_dir: str | Path | None = None, quiet: bool = False) -> TransformResult:
     """`paynorm transform`: make sure the paynorm tables exist, sync the built-in rules, `dbt build`.
 
     Refused rules are logged (``paynorm mappings validate`` shows why) and do not stop the build.
@@ -180,4 +181,6 @@ def transform(dsn: str, *, home: str | Path = ".paynorm", select: Sequence[str] 
         args += ["--exclude", *exclude]
     if full_refresh:
         args.append("--full-refresh")
-    return run_dbt(dsn, args, home=home, vars=vars, target_path=target_path, threads=threads)
+    args += list(extra_args)
+    return run_dbt(dsn, args, home=home, vars=vars, target_path=target_path, threads=threads, quiet=quiet,
+                   project_dir=project_dir or PROJECT_DIR)

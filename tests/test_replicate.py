@@ -221,6 +221,11 @@ def test_lost_slot_is_reported_and_resnapshot_recovers(env: Env) -> None:
         ids = insert_rows(lake, 20)
     run_once(env)
     with env.lake_conn() as lake:
+        for _ in range(100):  # the walsender of the run that just ended may still be releasing the slot
+            if not lake.execute("select active from pg_replication_slots where slot_name = %s",
+                                (env.slot,)).fetchone()[0]:
+                break
+            time.sleep(0.05)
         lake.execute("select pg_drop_replication_slot(%s)", (env.slot,))
         lake.execute("delete from public.raw_transactions where id = any(%s::uuid[])", (ids[:4],))
         insert_rows(lake, 6, start=500)
