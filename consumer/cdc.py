@@ -24,7 +24,8 @@ import struct
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -34,8 +35,8 @@ from psycopg_pool import ConnectionPool
 
 from . import lake as lakemod
 from . import metrics
-from .lake import ChangeConverter, LakeTable, int_to_lsn, lsn_to_int, parse_message
-from .landing import LandingBatch, tombstone_source, write_batch
+from .lake import ChangeConverter, LakeTable, int_to_lsn, lsn_to_int
+from .landing import LandingBatch, stage, tombstone_source, write_batch
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,14 @@ class ApplyStats:
 
 
 class Applier:
-    """Turns a sequence of wal2json v2 objects into committed landing batches, exactly once."""
+    """Turns a sequence of wal2json v2 objects into committed landing batches, exactly once.
+
+    Decoding (CPU, this thread) overlaps with writing (the warehouse's work, one writer thread):
+    while batch N is copied, upserted and committed, batch N+1 is being decoded. Batches commit in
+    order, each with the position of the last transaction it completes, and a position is reported
+    to ``on_commit`` (which confirms it to the lake) only after its commit, from this thread. At
+    most one batch is in flight, so memory stays at about two batches.
+    """
 
     def __init__(self, pool: ConnectionPool, fence: Fence, table: LakeTable, state: ReplicationState, *,
                  source: str, batch_size: int, max_payload_bytes: int,
@@ -164,11 +172,14 @@ class Applier:
         self.fence = fence
         self.slot = state.slot_name
         self.converter = ChangeConverter(table)
+        self.parse = lakemod.message_parser(table)
         self.batch = LandingBatch(source, max_payload_bytes)
         self.batch_size = batch_size
         self.applied = lsn_to_int(state.applied_lsn)  # end LSN of the last transaction in the warehouse
         self.complete = self.applied  # end LSN of the last transaction fully buffered
         self.complete_ts: str | None = None
+        self.submitted = self.applied  # position of the last batch handed to the writer
+        self._written_lsn = self.applied  # the writer thread's own view of the committed position
         self.txns_buffered = 0
         self.in_txn = False
         self.skip = False
@@ -177,6 +188,18 @@ class Applier:
         self.txn_ts: str | None = None
         self.on_commit = on_commit
         self.stats = ApplyStats()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="paynorm-writer")
+        self._inflight: deque[Future[_Committed]] = deque()
+
+    def __enter__(self) -> Applier:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the writer: a batch already being written finishes (committed or not), none starts."""
+        self._writer.shutdown(wait=True, cancel_futures=True)
 
     # one wal2json object
     def feed(self, obj: dict[str, Any]) -> None:
@@ -202,53 +225,81 @@ class Applier:
             for row in self.converter.convert(obj, self.txn_lsn, self.txn_xid, self.txn_ts):
                 self.batch.add(row)
             if len(self.batch) >= self.batch_size:
-                self.flush()
+                self.flush(wait=False)
         elif action == "T":
             if self.skip:
                 return
             self.stats.changes += 1
-            self.flush()
-            self._commit(lambda conn: tombstone_source(conn, self.batch.source, before_lsn=self.txn_lsn, op="T",
-                                                        xid=self.txn_xid, committed_at=self.txn_ts, inclusive=True))
+            self.flush(wait=False)
+            source, lsn, xid, ts = self.batch.source, self.txn_lsn, self.txn_xid, self.txn_ts
+            self._submit(lambda conn: tombstone_source(conn, source, before_lsn=lsn, op="T", xid=xid,
+                                                       committed_at=ts, inclusive=True), {}, wait=True)
         # "M" (logical messages) and anything else: nothing to land
+        if self._inflight and self._inflight[0].done():
+            self._reap()
 
-    def flush(self) -> None:
-        """Commit what is buffered, with the position of the last complete transaction."""
-        if not self.batch.rows and self.complete <= self.applied:
-            return
-        self._commit(lambda conn: write_batch(conn, self.batch))
+    def flush(self, wait: bool = True) -> None:
+        """Hand what is buffered to the writer, with the position of the last complete transaction;
+        with ``wait``, return once everything handed over is committed (``applied`` is then final)."""
+        if self.batch.rows or self.complete > self.submitted:
+            records = stage(self.batch)  # decode here, while the writer may still be busy
+            source = self.batch.source
+            ops = Counter(r.op for r in self.batch.rows.values())
+            self._submit(lambda conn: write_batch(conn, None, records, source=source), ops, wait=wait)
+        elif wait:
+            self.drain()
 
-    def _commit(self, work: Callable[[psycopg.Connection], int]) -> None:
-        new_applied = self.complete
+    def drain(self) -> None:
+        while self._inflight:
+            self._reap()
+
+    def _submit(self, work: Callable[[psycopg.Connection], int], ops: dict[str, int], *, wait: bool) -> None:
+        job = _Job(work, self.complete, self.complete_ts, ops, self.batch.changes, self.txns_buffered)
+        self.submitted = max(self.submitted, self.complete)
+        self.txns_buffered = 0
+        self.batch.clear()
+        while self._inflight:  # one batch in flight at most
+            self._reap()
+        self._inflight.append(self._writer.submit(self._write, job))
+        if wait:
+            self.drain()
+
+    def _write(self, job: _Job) -> _Committed:
+        """The writer thread: the batch and the new position in ONE warehouse transaction."""
         started = time.monotonic()
-        ops = Counter(r.op for r in self.batch.rows.values())
         with self.pool.connection() as conn:
             with conn.transaction():
                 self.fence.check(conn)
-                written = work(conn)
-                if new_applied > self.applied:
+                written = job.work(conn)
+                if job.position > self._written_lsn:
                     conn.execute(
                         "update paynorm.replication_state set applied_lsn = %s::pg_lsn,"
                         " rows_applied = rows_applied + %s, last_commit_at = coalesce(%s::timestamptz, last_commit_at),"
                         " updated_at = now() where slot_name = %s",
-                        (int_to_lsn(new_applied), written, self.complete_ts, self.slot),
+                        (int_to_lsn(job.position), written, job.position_ts, self.slot),
                     )
                 crashpoint("before_commit")
         crashpoint("after_commit")  # the warehouse has the data; the lake has not been told yet
-        elapsed = time.monotonic() - started
+        self._written_lsn = max(self._written_lsn, job.position)
+        return _Committed(job, written, time.monotonic() - started)
+
+    def _reap(self) -> None:
+        """Wait for the oldest batch in flight; account for it and report its position (this thread)."""
+        done = self._inflight[0].result()  # re-raises what the writer raised (the batch did not commit)
+        self._inflight.popleft()
+        job = done.job
         metrics.BATCHES.inc()
-        metrics.BATCH_SECONDS.observe(elapsed)
-        for op, n in ops.items():
+        metrics.BATCH_SECONDS.observe(done.seconds)
+        for op, n in job.ops.items():
             metrics.ROWS_LANDED.labels(op).inc(n)
         log.info("batch: %d changes buffered, %d rows written, %d lake transactions, up to %s, %.3fs",
-                 self.batch.changes, written, self.txns_buffered, int_to_lsn(max(new_applied, self.applied)), elapsed)
-        self.stats.rows_written += written
+                 job.changes, done.written, job.transactions, int_to_lsn(max(job.position, self.applied)),
+                 done.seconds)
+        self.stats.rows_written += done.written
         self.stats.flushes += 1
-        self.stats.transactions += self.txns_buffered
-        self.txns_buffered = 0
-        self.batch.clear()
-        if new_applied > self.applied:
-            self.applied = new_applied
+        self.stats.transactions += job.transactions
+        if job.position > self.applied:
+            self.applied = job.position
         if self.on_commit is not None:
             self.on_commit(self.applied)
 
@@ -257,6 +308,23 @@ class Applier:
         with self.pool.connection() as conn:
             conn.execute("update paynorm.replication_state set confirmed_lsn = %s::pg_lsn, updated_at = now()"
                          " where slot_name = %s", (int_to_lsn(lsn), self.slot))
+
+
+@dataclass
+class _Job:
+    work: Callable[[psycopg.Connection], int]
+    position: int  # end LSN of the last lake transaction this batch completes
+    position_ts: str | None
+    ops: dict[str, int]
+    changes: int
+    transactions: int
+
+
+@dataclass
+class _Committed:
+    job: _Job
+    written: int
+    seconds: float
 
 
 # -- transports -----------------------------------------------------------------------------------
@@ -402,7 +470,7 @@ class StreamTransport:
                     continue
                 kind = msg[:1]
                 if kind == b"w":
-                    applier.feed(parse_message(memoryview(msg)[25:]))
+                    applier.feed(applier.parse(memoryview(msg)[25:]))
                 elif kind == b"k":
                     wal_end, _, reply = struct.unpack_from("!Qq?", msg, 1)
                     self._keepalive(applier, wal_end, reply)
@@ -466,7 +534,7 @@ class SqlTransport:
                             (self.slot, bound, nchanges, self.options))
                 for (data,) in cur:
                     n += 1
-                    applier.feed(parse_message(data))
+                    applier.feed(applier.parse(data))
                     if stop.is_set():
                         applier.flush()
                         return n, True

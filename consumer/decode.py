@@ -12,8 +12,9 @@ Guarantees (the consumer relies on them, it never checks again):
 * never turns a number into a float: a JSON object's text is passed through untouched;
 * the payload text is always accepted by PostgreSQL ``jsonb``: no ``\\u0000``, no lone UTF-16
   surrogates, no NaN/Infinity, numbers within the range of ``numeric``;
-* bounded work: size, nesting-depth and element-count limits, and no Python recursion on payload
-  data (the C JSON parser's own recursion guard is caught and reported as too deep).
+* bounded work: size, nesting-depth and element-count limits; Python recursion on payload data
+  only in the shape walk, which stops at MAX_DEPTH (the C JSON parser's own recursion guard is
+  caught and reported as too deep).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import io
 import json
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from urllib.parse import unquote_plus
@@ -139,7 +140,7 @@ def shape_paths(obj: object) -> set[str]:
     a backslash or whitespace are written as JSON strings (``"a.b".c:string``) so paths stay
     unambiguous. The root itself has no entry. Iterative: any depth is fine.
     """
-    return _collect_paths(obj, None)
+    return _collect_paths_iterative(obj)
 
 
 def shape_key(fmt: str, obj: object) -> str:
@@ -621,20 +622,75 @@ def _segment(key: object) -> str:
     return segment
 
 
+_SUFFIXES: dict[type, str] = {kind: ":" + name for kind, name in _TYPE_NAMES.items()}
+
+
 def _collect_paths(obj: object, fmt: str | None) -> set[str]:
     """Shape paths of ``obj``; with ``fmt`` set, refuse nesting deeper than MAX_DEPTH.
 
-    Hot path (every row): the segment and type lookups are inlined dictionary hits.
+    Hot path (every row, ~25 nodes each): a recursive walk, its depth bounded by MAX_DEPTH (deeper
+    is ``_Fail`` with ``fmt``, ValueError without; ``_collect_paths_iterative`` has no limit), with the segment and ":type" strings looked up
+    in dictionaries and one concatenation per node.
     """
+    paths: set[str] = set()
+    if isinstance(obj, dict):
+        _walk_object(obj, "", 1, paths.add, fmt)
+    elif isinstance(obj, (list, tuple)):
+        _walk_items(obj, "[]", 1, paths.add, fmt)
+    return paths
+
+
+def _refuse_depth(fmt: str | None) -> None:
+    if fmt is not None:
+        raise _Fail(fmt, _too_deep(fmt.upper()))
+    raise ValueError(f"nesting deeper than {MAX_DEPTH} levels")
+
+
+def _suffix(value: object) -> str:
+    return _SUFFIXES.get(type(value)) or ":" + _type_name(value)
+
+
+def _walk_object(node: dict[object, object], prefix: str, depth: int, add: Callable[[str], None],
+                 fmt: str | None) -> None:
+    if depth > MAX_DEPTH:
+        _refuse_depth(fmt)
+    segments, suffixes = _SEGMENTS, _SUFFIXES
+    for key, value in node.items():
+        path = prefix + (segments.get(key) or _segment(key))  # type: ignore[call-overload]
+        suffix = suffixes.get(type(value)) or _suffix(value)
+        add(path + suffix)
+        if suffix == ":object":
+            if value:
+                _walk_object(value, path + ".", depth + 1, add, fmt)  # type: ignore[arg-type]
+        elif suffix == ":array" and value:
+            _walk_items(value, path + "[]", depth + 1, add, fmt)  # type: ignore[arg-type]
+
+
+def _walk_items(items: list[object] | tuple[object, ...], path: str, depth: int, add: Callable[[str], None],
+                fmt: str | None) -> None:
+    if depth > MAX_DEPTH:
+        _refuse_depth(fmt)
+    suffixes = _SUFFIXES
+    for value in items:
+        suffix = suffixes.get(type(value)) or _suffix(value)
+        add(path + suffix)
+        if suffix == ":object":
+            if value:
+                _walk_object(value, path + ".", depth + 1, add, fmt)  # type: ignore[arg-type]
+        elif suffix == ":array" and value:
+            _walk_items(value, path + "[]", depth + 1, add, fmt)  # type: ignore[arg-type]
+
+
+def _collect_paths_iterative(obj: object) -> set[str]:
+    """Shape paths of ``obj`` at any depth, without recursion (``shape_paths`` on objects that did
+    not come through decode). Same paths as ``_collect_paths``."""
     paths: set[str] = set()
     if not isinstance(obj, (dict, list, tuple)):
         return paths
     segments, type_names = _SEGMENTS, _TYPE_NAMES
-    stack: list[tuple[object, str, int]] = [(obj, "", 1)]
+    stack: list[tuple[object, str]] = [(obj, "")]
     while stack:
-        node, path, depth = stack.pop()
-        if fmt is not None and depth > MAX_DEPTH:
-            raise _Fail(fmt, _too_deep(fmt.upper()))
+        node, path = stack.pop()
         if isinstance(node, dict):
             prefix = path + "." if path else ""
             children: Iterator[tuple[str, object]] = (
@@ -648,10 +704,23 @@ def _collect_paths(obj: object, fmt: str | None) -> set[str]:
             kind = type_names.get(type(value)) or _type_name(value)
             paths.add(child_path + ":" + kind)
             if kind == "object" or kind == "array":
-                stack.append((value, child_path, depth + 1))
+                stack.append((value, child_path))
     return paths
 
 
+#: (format, frozenset of paths) -> shape key. Rows of one shape repeat endlessly, and hashing a
+#: frozenset of already-hashed strings costs a fraction of sorting, joining and sha256.
+_KEYS: dict[tuple[str, frozenset[str]], str] = {}
+_KEYS_MAX = 16_384
+
+
 def _hash(fmt: str, paths: set[str]) -> str:
-    text = fmt + "|" + "\n".join(sorted(paths))
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    cache_key = (fmt, frozenset(paths))
+    key = _KEYS.get(cache_key)
+    if key is None:
+        text = fmt + "|" + "\n".join(sorted(paths))
+        key = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        if len(_KEYS) >= _KEYS_MAX:
+            _KEYS.clear()
+        _KEYS[cache_key] = key
+    return key

@@ -56,6 +56,7 @@ from .cdc import crashpoint
 from .jsonutil import dumps_exact
 from .landing import (  # the landing's own staging table and upsert: files land exactly like CDC rows
     PAYLOAD_COLUMN_CANDIDATES,
+    STAGED_COLUMNS,
     STAGING_DDL,
     UPSERT_FROM_STAGING,
     LandingBatch,
@@ -740,13 +741,12 @@ class RecordConverter:
 
 _FILE_STAGE_DDL = """
 create temp table if not exists _paynorm_file_stage (
-    ord bigint, lake_key text, row_data text, partial boolean, has_payload boolean, payload text,
+    ord bigint, lake_key text, row_data jsonb, partial boolean, has_payload boolean, payload jsonb,
     payload_format text, decode_error text, shape_key text, op text, deleted boolean,
-    lake_lsn text, lake_xid bigint, committed_at text
+    lake_lsn text, lake_xid bigint, committed_at text, payload_key text
 ) on commit delete rows
 """
-_STAGE_COLUMNS = ("lake_key, row_data, partial, has_payload, payload, payload_format, decode_error, shape_key, "
-                  "op, deleted, lake_lsn, lake_xid, committed_at")
+_STAGE_COLUMNS = STAGED_COLUMNS
 _STAGE_COPY = f"copy _paynorm_file_stage (ord, {_STAGE_COLUMNS}) from stdin"
 # A key repeated in a file (an envelope id seen twice) keeps its last record, as a re-read would.
 _STAGE_TO_LANDING = (f"insert into _paynorm_landing ({_STAGE_COLUMNS}) select distinct on (lake_key) {_STAGE_COLUMNS}"
@@ -1147,7 +1147,7 @@ class FileLoader:
                     key = rec[0]
                     err = overrides.get(key)
                     if err is not None:  # the record itself is broken: keep its text, say why
-                        rec = (key, rec[1], rec[2], rec[3], None, "text", err, None, *rec[8:])
+                        rec = (key, rec[1], rec[2], rec[3], None, "text", err, None, *rec[8:13], None)
                     if rec[4] is None and rec[6] is not None:
                         bad += 1
                     copy.write_row((last_index[key], *rec))

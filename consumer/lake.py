@@ -6,8 +6,9 @@ import json
 import logging
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Callable
 
+import orjson
 import psycopg
 from psycopg import conninfo, sql
 
@@ -59,6 +60,17 @@ class Column:
     name: str
     category: str  # pg_type.typcategory: N numeric, B boolean, ...
     is_json: bool
+    type_name: str = ""  # pg_type.typname
+
+    @property
+    def may_have_fraction(self) -> bool:
+        """A numeric column wal2json sends as a bare JSON number that is not an integer."""
+        return self.category == "N" and self.type_name not in _INTEGER_TYPES
+
+
+_INTEGER_TYPES = frozenset({"int2", "int4", "int8", "oid"})
+_JSON_TYPE_NAMES = frozenset({"json", "jsonb"})
+_quote = json.encoder.encode_basestring  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -71,6 +83,11 @@ class LakeTable:
     pk: tuple[str, ...]
     pk_types: tuple[tuple[str, str], ...]  # (schema, type name) per pk column, for keyset casts
     payload_column: str | None
+
+    @property
+    def exact_numbers(self) -> bool:
+        """Whether a change of this table can carry a fractional number (which must stay exact)."""
+        return any(c.may_have_fraction for c in self.columns)
 
     @property
     def qualified(self) -> str:
@@ -90,7 +107,7 @@ def describe_table(conn: psycopg.Connection, table: str, payload_column: str = "
     schema = schema or "public"
     rows = conn.execute(
         """
-        select a.attname, t.typcategory, t.typname in ('json', 'jsonb')
+        select a.attname, t.typcategory, t.typname in ('json', 'jsonb'), t.typname
         from pg_attribute a join pg_type t on t.oid = a.atttypid
         where a.attrelid = (select c.oid from pg_class c join pg_namespace n on n.oid = c.relnamespace
                             where n.nspname = %s and c.relname = %s)
@@ -116,7 +133,7 @@ def describe_table(conn: psycopg.Connection, table: str, payload_column: str = "
     ).fetchall()
     if not pk:
         raise LakeError(f"lake table {schema}.{name} has no primary key: paynorm needs one to key the landing")
-    columns = tuple(Column(r[0], r[1], r[2]) for r in rows)
+    columns = tuple(Column(r[0], r[1], r[2], r[3]) for r in rows)
     names = {c.name for c in columns}
     if payload_column:
         if payload_column not in names:
@@ -155,7 +172,7 @@ def rows_from_text(table: LakeTable, records: list[tuple[Any, ...]], *, op: str,
                 payload_raw, payload_is_json = text, col.is_json
         out.append(LandingRow(table.lake_key(list(rec[:npk])), columns, op, lsn, None, None,
                               payload_raw=payload_raw, payload_is_json=payload_is_json,
-                              has_payload=table.payload_column is not None))
+                              has_payload=table.payload_column is not None, payload_column=table.payload_column))
     return out
 
 
@@ -248,6 +265,22 @@ def parse_message(data: bytes | bytearray | memoryview | str) -> dict[str, Any]:
     return json.loads(bytes(data) if not isinstance(data, str) else data, parse_float=Decimal)
 
 
+def parse_message_fast(data: bytes | bytearray | memoryview | str) -> dict[str, Any]:
+    """``parse_message`` with orjson (3x faster on a 1.3 kB change), ONLY for tables whose changes
+    carry no number but 64-bit integers (``message_parser`` decides): orjson reads ``1.10`` as a
+    float and silently turns an integer beyond 64 bits into a float too, and both can only come
+    from numeric, real or double columns. What orjson refuses goes through ``parse_message``."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return parse_message(data)
+
+
+def message_parser(table: LakeTable) -> Callable[[bytes | bytearray | memoryview | str], dict[str, Any]]:
+    """The fastest exact parser of this table's wal2json changes."""
+    return parse_message if table.exact_numbers else parse_message_fast
+
+
 class ChangeConverter:
     """Turns wal2json v2 I/U/D objects of one table into ``LandingRow``s."""
 
@@ -258,6 +291,12 @@ class ChangeConverter:
         self.full_width = len(table.columns)
 
     def _key(self, cols: list[dict[str, Any]]) -> str | None:
+        if len(self.pk) == 1:  # the common case, without building a dict
+            pk = self.pk[0]
+            for c in cols:
+                if c["name"] == pk:
+                    return _key_text(c["value"])
+            return None
         values = {c["name"]: c["value"] for c in cols if c["name"] in self.pk}
         if len(values) != len(self.pk):
             return None
@@ -290,16 +329,21 @@ class ChangeConverter:
         payload_raw = None
         has_payload = False
         payload_is_json = True
+        payload_column = self.payload_column
         for c in cols:
-            is_json = c["type"] in ("jsonb", "json")
-            encoded[c["name"]] = encode_json_value(c["value"], is_json)
-            if c["name"] == self.payload_column:
+            name, value = c["name"], c["value"]
+            is_json = c["type"] in _JSON_TYPE_NAMES
+            if value.__class__ is str and not is_json:  # most columns: a string to quote, inlined
+                encoded[name] = _quote(value)
+            else:
+                encoded[name] = encode_json_value(value, is_json)
+            if name == payload_column:
                 has_payload = True
                 payload_is_json = is_json
-                v = c["value"]
-                payload_raw = v if (v is None or isinstance(v, str)) else encoded[c["name"]]
+                payload_raw = value if (value is None or isinstance(value, str)) else encoded[name]
         return LandingRow(key, encoded, op, lsn, xid, ts, partial=len(cols) < self.full_width,
-                          payload_raw=payload_raw, payload_is_json=payload_is_json, has_payload=has_payload)
+                          payload_raw=payload_raw, payload_is_json=payload_is_json, has_payload=has_payload,
+                          payload_column=self.payload_column if has_payload else None)
 
 
 def _key_text(value: Any) -> str:

@@ -95,6 +95,9 @@ class LandingRow:
     payload_raw: str | None = None
     payload_is_json: bool = True
     has_payload: bool = False
+    #: The key of the payload in ``columns``; when set and the decoded payload is the column's own
+    #: JSON text, the payload travels to the warehouse once (see ``staged_records``).
+    payload_column: str | None = None
 
 
 class LandingBatch:
@@ -117,14 +120,14 @@ class LandingBatch:
             prev.columns.update(row.columns)
             if row.has_payload:
                 prev.payload_raw, prev.has_payload = row.payload_raw, True
-                prev.payload_is_json = row.payload_is_json
+                prev.payload_is_json, prev.payload_column = row.payload_is_json, row.payload_column
             prev.op, prev.lsn, prev.xid, prev.committed_at = row.op, row.lsn, row.xid, row.committed_at
             return
         if prev is not None:
             if row.deleted and not prev.deleted:  # a tombstone keeps the last image seen
                 row.columns = {**prev.columns, **row.columns}
                 row.payload_raw, row.has_payload = prev.payload_raw, prev.has_payload
-                row.payload_is_json = prev.payload_is_json
+                row.payload_is_json, row.payload_column = prev.payload_is_json, prev.payload_column
                 row.partial = prev.partial
             del self.rows[row.lake_key]  # keep arrival order: the key moves to the end
         self.rows[row.lake_key] = row
@@ -134,11 +137,13 @@ class LandingBatch:
         self.changes = 0
 
 
+# row_data and payload are jsonb here so COPY parses each once; payload_key (when set) names the
+# row_data key the payload is spliced back into (staged_records left it out of row_data).
 STAGING_DDL = """
 create temp table if not exists _paynorm_landing (
-    lake_key text, row_data text, partial boolean, has_payload boolean, payload text,
+    lake_key text, row_data jsonb, partial boolean, has_payload boolean, payload jsonb,
     payload_format text, decode_error text, shape_key text, op text, deleted boolean,
-    lake_lsn text, lake_xid bigint, committed_at text
+    lake_lsn text, lake_xid bigint, committed_at text, payload_key text
 ) on commit delete rows
 """
 
@@ -147,9 +152,11 @@ insert into raw.lake_transactions as t (
     lake_key, row_data, payload, payload_format, decode_error, shape_key, op, deleted, source,
     lake_lsn, lake_xid, committed_at, loaded_at, load_seq)
 select s.lake_key,
-       case when s.partial then coalesce(w.row_data, '{}'::jsonb) || s.row_data::jsonb
-            else s.row_data::jsonb end,
-       case when s.has_payload then s.payload::jsonb else w.payload end,
+       case when s.payload_key is null
+            then case when s.partial then coalesce(w.row_data, '{}'::jsonb) || s.row_data else s.row_data end
+            else case when s.partial then coalesce(w.row_data, '{}'::jsonb) || s.row_data else s.row_data end
+                 || jsonb_build_object(s.payload_key, s.payload) end,
+       case when s.has_payload then s.payload else w.payload end,
        case when s.has_payload then s.payload_format else coalesce(w.payload_format, 'empty') end,
        case when s.has_payload then s.decode_error
             when w.lake_key is null and not s.deleted
@@ -183,15 +190,17 @@ where case
 end
 """
 
-_COPY = (
-    "copy _paynorm_landing (lake_key, row_data, partial, has_payload, payload, payload_format, "
-    "decode_error, shape_key, op, deleted, lake_lsn, lake_xid, committed_at) from stdin"
-)
+#: Columns of a staged record, in order (``staged_records`` yields tuples of them).
+STAGED_COLUMNS = ("lake_key, row_data, partial, has_payload, payload, payload_format, decode_error, shape_key, "
+                  "op, deleted, lake_lsn, lake_xid, committed_at, payload_key")
+_COPY = f"copy _paynorm_landing ({STAGED_COLUMNS}) from stdin"
 
 
-def _row_json(columns: dict[str, str]) -> str:
+def _row_json(columns: dict[str, str], skip: str | None = None) -> str:
     parts = []
     for k, v in columns.items():
+        if k == skip:
+            continue
         qk = _key_cache.get(k)
         if qk is None:
             qk = _key_cache[k] = _quote(k) + ":"
@@ -199,30 +208,52 @@ def _row_json(columns: dict[str, str]) -> str:
     return "{" + ",".join(parts) + "}"
 
 
-def staged_records(batch: LandingBatch) -> Iterable[Sequence[Any]]:
+def staged_records(batch: LandingBatch) -> Iterable[tuple[Any, ...]]:
+    """The batch's rows as staged records (``STAGED_COLUMNS``), payloads decoded.
+
+    When the decoded payload is the payload column's own JSON text (a JSON object in a jsonb
+    column: most rows), row_data leaves that column out and ``payload_key`` names it, so the text
+    crosses the wire and is parsed into jsonb once instead of twice; the upsert splices it back
+    into row_data, which still holds the full image.
+    """
     for r in batch.rows.values():
-        payload = fmt = err = shape = None
+        payload = fmt = err = shape = key = None
         if r.has_payload:
             d = decode_payload(r.payload_raw, is_json=r.payload_is_json, max_bytes=batch.max_payload_bytes)
             payload, fmt, err, shape = d.payload, d.payload_format, d.decode_error, d.shape_key
-        yield (r.lake_key, _row_json(r.columns), r.partial, r.has_payload, payload, fmt, err, shape,
-               r.op, r.deleted, r.lsn, r.xid, r.committed_at)
+            pc = r.payload_column
+            if pc is not None and payload is not None and r.columns.get(pc) == payload:
+                key = pc
+        yield (r.lake_key, _row_json(r.columns, key), r.partial, r.has_payload, payload, fmt, err, shape,
+               r.op, r.deleted, r.lsn, r.xid, r.committed_at, key)
 
 
-def write_batch(conn: psycopg.Connection, batch: LandingBatch) -> int:
-    """Upsert the batch into the landing table, inside the caller's transaction; rows written.
+def stage(batch: LandingBatch) -> list[tuple[Any, ...]]:
+    """Decode the batch now (CPU work, no database): ``write_batch`` can take the result later,
+    on another thread, after the batch itself has been cleared and refilled."""
+    return list(staged_records(batch))
+
+
+def write_batch(conn: psycopg.Connection, batch: LandingBatch | None, records: list[tuple[Any, ...]] | None = None,
+                *, source: str | None = None) -> int:
+    """Upsert the batch (or its ``stage``d records) into the landing table, inside the caller's
+    transaction; rows written.
 
     If PostgreSQL refuses the batch because of one row's content (a value jsonb cannot hold, JSON
     nested past the server's stack limit), the rows are retried one by one and each refused row
     lands as a stub with the reason in ``decode_error``: the stream never stops on a bad row.
     """
-    if not batch.rows:
+    if records is None:
+        assert batch is not None
+        records = stage(batch)
+    source = source if source is not None else batch.source if batch is not None else None
+    assert source is not None
+    if not records:
         return 0
-    records = list(staged_records(batch))
     conn.execute(STAGING_DDL)
     try:
         with conn.transaction():
-            return _upsert(conn, records, batch.source)
+            return _upsert(conn, records, source)
     except _ROW_ERRORS as e:
         log.warning("batch refused by the warehouse (%s); landing its rows one by one",
                     str(e).strip().splitlines()[0])
@@ -230,21 +261,21 @@ def write_batch(conn: psycopg.Connection, batch: LandingBatch) -> int:
     for rec in records:
         try:
             with conn.transaction():
-                written += _upsert(conn, [rec], batch.source, clear=True)
+                written += _upsert(conn, [rec], source, clear=True)
         except _ROW_ERRORS as e:
             reason = f"landing refused the row: {str(e).strip().splitlines()[0]}"[:300]
             log.warning("lake row %s: %s", rec[0], reason)
             stub = (rec[0], json.dumps({"_paynorm_error": reason}), False, True, None, rec[5] or "text",
-                    reason, None, *rec[8:])
+                    reason, None, *rec[8:13], None)
             with conn.transaction():
-                written += _upsert(conn, [stub], batch.source, clear=True)
+                written += _upsert(conn, [stub], source, clear=True)
     return written
 
 
 _ROW_ERRORS = (psycopg.errors.DataError, psycopg.errors.ProgramLimitExceeded)
 
 
-def _upsert(conn: psycopg.Connection, records: list[Sequence[Any]], source: str, clear: bool = False) -> int:
+def _upsert(conn: psycopg.Connection, records: Sequence[Sequence[Any]], source: str, clear: bool = False) -> int:
     with conn.cursor() as cur:
         with cur.copy(_COPY) as copy:
             for rec in records:

@@ -150,12 +150,13 @@ def _session(settings: Settings, pool: ConnectionPool, fence: Fence, *, once: bo
     applier.stats.snapshot_rows = snapshot_rows
     options = lakemod.wal2json_options(table)
     started = time.monotonic()
-    if settings.transport == "stream":
-        StreamTransport(settings.lake_dsn, settings.slot, options, settings.status_interval).run(
-            applier, once=once, stop=stop)
-    else:
-        SqlTransport(settings.lake_dsn, settings.slot, options, batch_size=settings.batch_size,
-                     interval=settings.interval).run(applier, once=once, stop=stop)
+    with applier:
+        if settings.transport == "stream":
+            StreamTransport(settings.lake_dsn, settings.slot, options, settings.status_interval).run(
+                applier, once=once, stop=stop)
+        else:
+            SqlTransport(settings.lake_dsn, settings.slot, options, batch_size=settings.batch_size,
+                         interval=settings.interval).run(applier, once=once, stop=stop)
     s = applier.stats
     elapsed = time.monotonic() - started
     log.info("applied %s changes in %s transactions (%s skipped as already applied), %s rows written, "

@@ -13,6 +13,9 @@ import logging
 import sys
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
 import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool
@@ -20,7 +23,7 @@ from psycopg_pool import ConnectionPool
 from . import metrics
 from .cdc import Fence, ReplicationState, crashpoint
 from .lake import LakeTable, pk_params, rows_from_text, text_select_list
-from .landing import LandingBatch, tombstone_source, write_batch
+from .landing import LandingBatch, stage, tombstone_source, write_batch
 
 log = logging.getLogger(__name__)
 
@@ -80,31 +83,45 @@ def run_snapshot(lake_conn: psycopg.Connection, pool: ConnectionPool, fence: Fen
     log.info("snapshot of %s at %s: %s rows%s", table.qualified, lsn, f"{total:,}" if total else "?",
              f", resuming after {done:,}" if cursor else "")
     batch = LandingBatch(source, max_payload_bytes)
+
+    def write_chunk(records: list[tuple[Any, ...]], cursor: list[str], done: int) -> int:
+        """The writer thread: one chunk and the keyset cursor after it, in one warehouse transaction."""
+        with pool.connection() as conn:
+            with conn.transaction():
+                fence.check(conn)
+                write_batch(conn, None, records, source=source)
+                conn.execute(
+                    "update paynorm.replication_state set snapshot_last_key = %s, snapshot_rows = %s,"
+                    " updated_at = now() where slot_name = %s",
+                    (json.dumps(cursor), done, state.slot_name))
+        metrics.ROWS_LANDED.labels("S").inc(len(records))
+        crashpoint("snapshot_chunk")
+        return done
+
+    # Reading and decoding chunk N+1 (this thread) overlaps with writing chunk N (the writer thread);
+    # chunks commit in order, so the saved cursor always follows the rows committed before it.
+    pending: Future[int] | None = None
     try:
-        while not stop.is_set():
-            query = _select_chunk(table, cursor is not None)
-            params = [*(cursor or []), chunk]
-            records = lake_conn.execute(query, params).fetchall()
-            if not records:
-                break
-            batch.clear()
-            for row in rows_from_text(table, records, op="S", lsn=lsn):
-                batch.add(row)
-            cursor = [str(v) for v in records[-1][: len(table.pk)]]
-            done += len(records)
-            with pool.connection() as conn:
-                with conn.transaction():
-                    fence.check(conn)
-                    write_batch(conn, batch)
-                    conn.execute(
-                        "update paynorm.replication_state set snapshot_last_key = %s, snapshot_rows = %s,"
-                        " updated_at = now() where slot_name = %s",
-                        (json.dumps(cursor), done, state.slot_name))
-            metrics.ROWS_LANDED.labels("S").inc(len(records))
-            progress.update(done)
-            crashpoint("snapshot_chunk")
-            if len(records) < chunk:
-                break
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="paynorm-snapshot-writer") as writer:
+            while not stop.is_set():
+                query = _select_chunk(table, cursor is not None)
+                params = [*(cursor or []), chunk]
+                records = lake_conn.execute(query, params).fetchall()
+                if not records:
+                    break
+                batch.clear()
+                for row in rows_from_text(table, records, op="S", lsn=lsn):
+                    batch.add(row)
+                staged = stage(batch)
+                cursor = [str(v) for v in records[-1][: len(table.pk)]]
+                done += len(records)
+                if pending is not None:
+                    progress.update(pending.result())
+                pending = writer.submit(write_chunk, staged, cursor, done)
+                if len(records) < chunk:
+                    break
+            if pending is not None:
+                progress.update(pending.result())
     finally:
         progress.close()
     if stop.is_set():
