@@ -3,8 +3,9 @@
 For each case (N rows in T-row lake transactions) one lake is filled AFTER every slot exists, so
 all slots see exactly the same WAL:
 
-* consumer slots ``c_<case>_<transport>_<run>``, each created by a first `paynorm replicate --once`
-  on the still-empty lake into its own warehouse database (state + slot, empty snapshot);
+* consumer slots ``c_<case>_<transport>_<run>``, each created by a first `replicate --once` (run
+  in-process: it only creates the slot and the state) on the still-empty lake into its own
+  warehouse database;
 * baseline slots, copied from each consumer slot (``pg_copy_logical_replication_slot``, same
   position), read by ``pg_recvlogical`` with the consumer's own wal2json options to /dev/null,
   ``--endpos`` = the lake's WAL position after the load.
@@ -44,8 +45,7 @@ def run_case(b: Bench, case: str, n: int, txn_rows: int, runs: int, keep_lake: b
         for t in TRANSPORTS:
             slot, wh_db = f"c_{case}_{t}_{r}", f"wh_{case}_{t}_{r}"
             wh_dsn = b.new_warehouse(wh_db)
-            b.paynorm("replicate", "--once", "--transport", t, env=b.consumer_env(lake_dsn, wh_dsn, slot),
-                      label=f"init-{slot}")
+            b.init_consumer(lake_dsn, wh_dsn, slot, t)
             raw = f"raw_{case}_{t}_{r}"
             with b.admin(lake_db) as conn:
                 conn.execute("select pg_copy_logical_replication_slot(%s, %s)", (slot, raw))

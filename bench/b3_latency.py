@@ -24,12 +24,27 @@ from .common import REPO, Bench, Figure, log, summary
 TICK = 0.05
 
 
+def _wait_streaming(b: Bench, lake_db: str, slot: str, transport: str) -> None:
+    """Until the consumer holds its slot (stream); the sql transport holds it only while peeking,
+    so it gets a fixed 3 s to start."""
+    deadline = time.monotonic() + (30 if transport == "stream" else 3)
+    while time.monotonic() < deadline:
+        if transport == "stream":
+            with b.admin(lake_db) as conn:
+                row = conn.execute("select active from pg_replication_slots where slot_name = %s", (slot,)).fetchone()
+            if row and row[0]:
+                return
+        time.sleep(0.1)
+    if transport == "stream":
+        raise RuntimeError(f"latency {slot}: the consumer did not start streaming within 30 s")
+
+
 def _one(b: Bench, transport: str, r: int) -> dict[str, float]:
     s = b.sizes
     lake_db, wh_db, slot = f"lake_lat_{transport}_{r}", f"wh_lat_{transport}_{r}", f"lat_{transport}_{r}"
     lake_dsn, wh_dsn = b.new_lake(lake_db), b.new_warehouse(wh_db)
     env = b.consumer_env(lake_dsn, wh_dsn, slot, PAYNORM_TRANSPORT=transport, POLL_INTERVAL_SECONDS="0.5")
-    b.paynorm("replicate", "--once", env=env, label=f"init-{slot}")
+    b.init_consumer(lake_dsn, wh_dsn, slot, transport)
     total = int(s.latency_rate * s.latency_seconds)
     per_tick = max(1, int(s.latency_rate * TICK))
     recs = b.records(total, seed=100 + r)
@@ -37,7 +52,7 @@ def _one(b: Bench, transport: str, r: int) -> dict[str, float]:
     proc = subprocess.Popen([sys.executable, "-m", "consumer", "replicate"], cwd=REPO, env=env, stdout=logfile,
                             stderr=subprocess.STDOUT)
     try:
-        time.sleep(3)  # let it connect and start streaming
+        _wait_streaming(b, lake_db, slot, transport)
         with b.admin(lake_db) as conn:
             t0 = time.monotonic()
             late = 0

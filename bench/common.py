@@ -219,6 +219,16 @@ class Bench:
             raise RuntimeError(f"{label} failed with exit code {proc.returncode}:\n{tail}")
         return Timed(wall, peak.mb, proc.returncode, logfile)
 
+    def init_consumer(self, lake_dsn: str, wh_dsn: str, slot: str, transport: str = "stream") -> None:
+        """Slot + state for a consumer, by a first `replicate --once` on an empty lake, in-process:
+        it is set-up, not a measurement, and a subprocess costs a second of interpreter start-up."""
+        from consumer.replicate import replicate
+        from consumer.settings import Settings
+
+        res = replicate(Settings(lake_dsn=lake_dsn, warehouse_dsn=wh_dsn, slot=slot, transport=transport), once=True)
+        if res.exit_code != 0:
+            raise RuntimeError(f"initial replicate of slot {slot} failed: {res.message}")
+
     def paynorm(self, *args: str, env: dict[str, str], label: str, check: bool = True) -> Timed:
         return self.run([sys.executable, "-m", "consumer", *args], env=env, label=label, check=check)
 

@@ -1,0 +1,97 @@
+"""Profile the CDC consumer (or the snapshot) on demo rows: where does a row's time go?
+
+    .venv/bin/python -m bench.profile_cdc --rows 20000 --transport stream
+    .venv/bin/python -m bench.profile_cdc --rows 20000 --snapshot
+    .venv/bin/python -m bench.profile_cdc --rows 20000 --py-spy    # pip install py-spy first
+
+Starts its own cluster (like bench/run.py), creates the consumer's slot and state with a first
+`replicate --once` on the empty lake (or, with ``--snapshot``, fills the lake first), then runs
+`python -m cProfile -m consumer replicate --once` and prints the most expensive functions by
+cumulative and by own time. cProfile sees the main thread only; ``--py-spy`` samples every thread
+instead (``py-spy record --threads``, 200 Hz) and prints each thread's share and, for the main
+thread, where it waits — the way to check that decoding and warehouse writes overlap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pstats
+import shutil
+import sys
+from collections import Counter
+from pathlib import Path
+
+from .common import Bench, log
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=20_000)
+    ap.add_argument("--txn-rows", type=int, default=1_000)
+    ap.add_argument("--transport", choices=("stream", "sql"), default="stream")
+    ap.add_argument("--snapshot", action="store_true", help="profile the first-run snapshot instead")
+    ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--py-spy", action="store_true", help="sample all threads with py-spy instead of cProfile")
+    args = ap.parse_args()
+    b = Bench(quick=True)
+    try:
+        lake_dsn = b.new_lake("lake_prof")
+        wh_dsn = b.new_warehouse("wh_prof")
+        env = b.consumer_env(lake_dsn, wh_dsn, "prof", PAYNORM_LOG_LEVEL="WARNING")
+        if not args.snapshot:
+            b.paynorm("replicate", "--once", "--transport", args.transport, env=env, label="init")
+        b.fill_lake("lake_prof", args.rows, txn_rows=args.txn_rows)
+        consumer = ["-m", "consumer", "replicate", "--once", "--transport", args.transport]
+        if args.py_spy:
+            raw = b.base / "py-spy.txt"
+            spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+            timed = b.run([spy, "record", "-r", "200", "-f", "raw", "--threads", "-o", str(raw), "--",
+                           sys.executable, *consumer], env=env, label="sampled")
+            log(f"{b.count('wh_prof'):,} rows landed in {timed.seconds:.1f}s under py-spy")
+            _print_samples(raw, args.top)
+            return
+        prof = b.base / "consumer.prof"
+        timed = b.run([sys.executable, "-m", "cProfile", "-o", str(prof), *consumer], env=env, label="profiled")
+        landed = b.count("wh_prof")
+        log(f"{landed:,} rows landed in {timed.seconds:.1f}s under cProfile ({landed / timed.seconds:,.0f} rows/s)")
+        stats = pstats.Stats(str(prof))
+        stats.sort_stats("cumulative").print_stats(args.top)
+        stats.sort_stats("tottime").print_stats(args.top)
+    finally:
+        b.close()
+
+
+def _print_samples(raw: Path, top: int) -> None:
+    """Per-thread share, the main thread's hottest frames (own and inclusive) and where it waits."""
+    threads: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    waits: Counter[str] = Counter()
+    main = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        n = int(count)
+        frames = stack.split(";")
+        thread = frames[0].split(": ", 1)[-1].split("_")[0]
+        threads[thread] += n
+        if "MainThread" not in frames[0]:
+            continue
+        main += n
+        own[frames[-1]] += n
+        for f in set(frames[1:]):
+            inclusive[f] += n
+        if any(w in frames[-1] for w in ("wait", "select", "acquire")):
+            waits[" <- ".join(f.split(" (")[0] for f in reversed(frames[-5:]))] += n
+    total = sum(threads.values())
+    print("samples per thread (a thread waiting in a system call is not sampled):")
+    for t, n in threads.most_common():
+        print(f"  {100 * n / total:5.1f}%  {t}")
+    for title, counter in (("main thread, own time", own), ("main thread, inclusive", inclusive),
+                           ("main thread, waiting", waits)):
+        print(f"\n{title} (% of the main thread's samples):")
+        for f, n in counter.most_common(top):
+            print(f"  {100 * n / main:5.1f}%  {f[:140]}")
+
+
+if __name__ == "__main__":
+    main()
