@@ -45,7 +45,7 @@ def main() -> None:
         if args.py_spy:
             raw = b.base / "py-spy.txt"
             spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-            timed = b.run([spy, "record", "-r", "200", "-f", "raw", "--threads", "-o", str(raw), "--",
+            timed = b.run([spy, "record", "-r", "200", "-f", "raw", "--threads", "--idle", "-o", str(raw), "--",
                            sys.executable, *consumer], env=env, label="sampled")
             log(f"{b.count('wh_prof'):,} rows landed in {timed.seconds:.1f}s under py-spy")
             _print_samples(raw, args.top)
@@ -83,7 +83,7 @@ def _print_samples(raw: Path, top: int) -> None:
         if any(w in frames[-1] for w in ("wait", "select", "acquire")):
             waits[" <- ".join(f.split(" (")[0] for f in reversed(frames[-5:]))] += n
     total = sum(threads.values())
-    print("samples per thread (a thread waiting in a system call is not sampled):")
+    print("samples per thread (--idle: waiting threads are sampled too):")
     for t, n in threads.most_common():
         print(f"  {100 * n / total:5.1f}%  {t}")
     for title, counter in (("main thread, own time", own), ("main thread, inclusive", inclusive),

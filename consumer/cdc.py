@@ -190,6 +190,8 @@ class Applier:
         self.stats = ApplyStats()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="paynorm-writer")
         self._inflight: deque[Future[_Committed]] = deque()
+        self.jobs_submitted = 0  # batches handed to the writer
+        self.jobs_committed = 0  # of which committed (and reported to on_commit)
 
     def __enter__(self) -> Applier:
         return self
@@ -235,8 +237,7 @@ class Applier:
             self._submit(lambda conn: tombstone_source(conn, source, before_lsn=lsn, op="T", xid=xid,
                                                        committed_at=ts, inclusive=True), {}, wait=True)
         # "M" (logical messages) and anything else: nothing to land
-        if self._inflight and self._inflight[0].done():
-            self._reap()
+        self.poll()
 
     def flush(self, wait: bool = True) -> None:
         """Hand what is buffered to the writer, with the position of the last complete transaction;
@@ -253,6 +254,18 @@ class Applier:
         while self._inflight:
             self._reap()
 
+    def pending(self) -> bool:
+        """Something buffered (rows, or a position) that is not handed to the writer yet."""
+        return bool(self.batch.rows) or self.complete > self.submitted
+
+    def writer_busy(self) -> bool:
+        return bool(self._inflight) and not self._inflight[0].done()
+
+    def poll(self) -> None:
+        """Account for a batch the writer has finished, without waiting."""
+        if self._inflight and self._inflight[0].done():
+            self._reap()
+
     def _submit(self, work: Callable[[psycopg.Connection], int], ops: dict[str, int], *, wait: bool) -> None:
         job = _Job(work, self.complete, self.complete_ts, ops, self.batch.changes, self.txns_buffered)
         self.submitted = max(self.submitted, self.complete)
@@ -261,6 +274,7 @@ class Applier:
         while self._inflight:  # one batch in flight at most
             self._reap()
         self._inflight.append(self._writer.submit(self._write, job))
+        self.jobs_submitted += 1
         if wait:
             self.drain()
 
@@ -298,6 +312,7 @@ class Applier:
         self.stats.rows_written += done.written
         self.stats.flushes += 1
         self.stats.transactions += job.transactions
+        self.jobs_committed += 1
         if job.position > self.applied:
             self.applied = job.position
         if self.on_commit is not None:
@@ -343,6 +358,7 @@ class StreamTransport:
         self.last_status = 0.0
         self.server_wal_end = 0
         self.last_record = 0.0  # when the confirmed position was last written to the warehouse
+        self.keepalive_end: tuple[int, int] | None = None  # (WAL end, job number) to confirm after that job
 
     def open(self, start_lsn: int) -> int:
         """Connect, START_REPLICATION at ``start_lsn``; the lake's flush position at start."""
@@ -446,7 +462,7 @@ class StreamTransport:
     def run(self, applier: Applier, *, once: bool, stop: threading.Event) -> None:
         """Read and apply until stopped (or, with ``once``, until the lake position at start is reached)."""
         target = self.open(applier.applied)
-        applier.on_commit = lambda lsn: self.send_status(lsn)
+        applier.on_commit = lambda lsn: self._committed(applier, lsn)
         log.info("streaming slot %s from %s%s", self.slot, int_to_lsn(applier.applied),
                  f" up to {int_to_lsn(target)}" if once else "")
         last_ping = 0.0
@@ -454,11 +470,14 @@ class StreamTransport:
             while not stop.is_set():
                 msg = self.read()
                 if msg is None:
-                    # Nothing buffered: a natural batch boundary. Commit what we have, then wait.
-                    if not applier.in_txn and (applier.batch.rows or applier.complete > applier.applied):
-                        applier.flush()
-                    if once and not applier.in_txn and not applier.batch.rows and (
-                            applier.applied >= target or self.server_wal_end >= target):
+                    # Nothing buffered: a natural batch boundary. Hand what we have to the writer if it
+                    # is free; if it is busy, keep collecting (group commit) and look again soon.
+                    applier.poll()
+                    pending = not applier.in_txn and applier.pending()
+                    if pending and not applier.writer_busy():
+                        applier.flush(wait=False)
+                        pending = False
+                    if once and not applier.in_txn and (applier.complete >= target or self.server_wal_end >= target):
                         break
                     now = time.monotonic()
                     if once and now - last_ping > 0.2:
@@ -466,7 +485,7 @@ class StreamTransport:
                         last_ping = now
                     elif now - self.last_status > self.status_interval:
                         self.send_status(applier.applied if applier.in_txn else max(applier.applied, self.confirmed))
-                    self.wait(0.2 if once else 1.0)
+                    self.wait(0.005 if pending or applier.writer_busy() else 0.2 if once else 1.0)
                     continue
                 kind = msg[:1]
                 if kind == b"w":
@@ -483,20 +502,41 @@ class StreamTransport:
         finally:
             self.close()
 
+    def _committed(self, applier: Applier, lsn: int) -> None:
+        """A batch committed in the warehouse: confirm its position, and a keepalive's WAL end once
+        every change received before that keepalive is committed."""
+        self.send_status(lsn)
+        if self.keepalive_end is not None and applier.jobs_committed >= self.keepalive_end[1]:
+            wal_end = self.keepalive_end[0]
+            self.keepalive_end = None
+            self._confirm_wal_end(applier, wal_end)
+
+    def _confirm_wal_end(self, applier: Applier, wal_end: int) -> None:
+        if wal_end > self.confirmed:
+            self.send_status(max(applier.applied, wal_end))
+            if time.monotonic() - self.last_record > self.status_interval:
+                applier.record_confirmed(self.confirmed)
+                self.last_record = time.monotonic()
+
     def _keepalive(self, applier: Applier, wal_end: int, reply: bool) -> None:
         self.server_wal_end = max(self.server_wal_end, wal_end)
         if applier.in_txn:
             if reply:
                 self.send_status(applier.applied)
             return
-        # Every change sent before this keepalive has been received; once committed, the lake may
-        # forget WAL up to wal_end even if none of it was ours (idle table on a busy instance).
-        applier.flush()
+        # Every change sent before this keepalive has been received; once they are committed, the
+        # lake may forget WAL up to wal_end even if none of it was ours (idle table on a busy
+        # instance). Nothing waits for that here: the confirmation goes out after the commit of
+        # the batch that holds those changes (now, if they are all committed already).
+        if applier.pending() or applier.jobs_committed < applier.jobs_submitted:
+            last_job = applier.jobs_submitted + (1 if applier.pending() else 0)
+            self.keepalive_end = (max(wal_end, self.keepalive_end[0] if self.keepalive_end else 0), last_job)
+            if reply:
+                self.send_status(applier.applied)
+            return
+        self.keepalive_end = None
         if wal_end > self.confirmed:
-            self.send_status(max(applier.applied, wal_end))
-            if time.monotonic() - self.last_record > self.status_interval:
-                applier.record_confirmed(self.confirmed)
-                self.last_record = time.monotonic()
+            self._confirm_wal_end(applier, wal_end)
         elif reply:
             self.send_status(applier.applied)
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from urllib.parse import unquote_plus
 
+import orjson
 from lxml import etree
 
 __all__ = [
@@ -342,15 +343,28 @@ def _reject_constant(name: str) -> object:
 
 _JSON = json.JSONDecoder(parse_float=_parse_number, parse_constant=_reject_constant)
 
+# orjson parses a payload ~1.5x faster, but into floats: fine for what decode needs from the parsed
+# value (its structure and types; the text itself is what lands), not for deciding whether jsonb
+# will accept the numbers. It refuses overflow (1e400) and NaN itself; underflow (1e-20000 becomes
+# 0.0) needs a negative exponent and a fraction past numeric's 16383 digits needs a long text, so
+# texts with "e-"/"E-" or longer than this go to the exact parser, which checks numeric's range.
+_FAST_JSON_MAX_CHARS = 16_000
+
 
 def _load_json(text: str, notes: list[str]) -> tuple[object, str]:
-    """Parse JSON text (numbers as Decimal/int) after fixing the escapes jsonb refuses.
+    """Parse JSON text after fixing the escapes jsonb refuses (numbers as Decimal/int, or float
+    when orjson can be trusted with the text: see _FAST_JSON_MAX_CHARS).
 
     Returns the value and the (possibly fixed) text. Raises ValueError on invalid JSON and
     _Fail when nesting is too deep for the parser.
     """
     if "\\u" in text:
         text = _fix_escapes(text, notes)
+    if len(text) <= _FAST_JSON_MAX_CHARS and "e-" not in text and "E-" not in text:
+        try:
+            return orjson.loads(text), text
+        except orjson.JSONDecodeError:
+            pass  # let the exact parser say what is wrong
     try:
         return _JSON.decode(text), text
     except RecursionError:

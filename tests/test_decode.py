@@ -188,6 +188,8 @@ def test_top_level_array_becomes_items() -> None:
         ('{"a": -Infinity}', "Infinity"),
         ('{"a": 1e999999}', "numeric range"),
         ('{"a": 1.5e-20000}', "numeric range"),
+        ('{"b": "x", "a": 1.5E-20000}', "numeric range"),
+        ('{"a": 0.' + "0" * 16_400 + "1}", "numeric range"),  # no exponent, but a scale past 16383
     ],
 )
 def test_numbers_jsonb_cannot_store_are_refused(raw: str, fragment: str) -> None:
