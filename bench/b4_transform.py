@@ -51,7 +51,7 @@ def _add_rows(b: Bench, lake_db: str, lake_dsn: str, wh_dsn: str, slot: str, n: 
 def run(b: Bench) -> tuple[list[Figure], dict[str, Any]]:
     s = b.sizes
     n, k, runs = s.transform_rows, s.transform_incr, s.transform_runs
-    lake_db, lake_dsn, wh_dsn = _warehouse(b, "tf", n, seed=11)
+    lake_db, lake_dsn, wh_dsn = _warehouse(b, "tf", n, seed=7)  # the CDC lakes' records: generated once
     wh_db = "wh_tf"
     full, plain, nodes = [], [], {}
     for r in range(runs):

@@ -53,7 +53,7 @@ def run(b: Bench) -> tuple[list[Figure], dict[str, Any]]:
     n, k = s.llm_rows, s.llm_shapes
     lake_db, wh_db = "lake_llm", "wh_llm"
     lake_dsn, wh_dsn = b.new_lake(lake_db), b.new_warehouse(wh_db)
-    recs = [{**r, "data": payload(i % k, i, r)} for i, r in enumerate(b.records(n, seed=50))]
+    recs = [{**r, "data": payload(i % k, i, r)} for i, r in enumerate(b.records(n, seed=7))]
     with b.admin(lake_db) as conn:
         from consumer.demo import insert_records
         insert_records(conn, iter(recs), chunk=5000)

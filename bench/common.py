@@ -315,16 +315,15 @@ class Sizes:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-# Quick: every benchmark, small, under 3 minutes. dbt builds take ~1 s per 400 landed rows here
+# Quick: every benchmark, small, under 3 minutes. dbt builds cost ~12 s before they touch a row
 # (see README "Bottlenecks"), so the dbt-based cases run once, on a few thousand rows.
 QUICK = Sizes(cdc_small=5_000, cdc_large=12_000, cdc_one_txn=8_000, cdc_runs=3, cdc_large_runs=3,
               snapshot_rows=10_000, snapshot_runs=3, latency_seconds=5, latency_runs=3, latency_rate=2000,
               transform_rows=2_000, transform_incr=500, transform_runs=1, llm_rows=5_000, llm_shapes=10,
               llm_runs=3, e2e_small=2_000, e2e_large=0)
-# Full: the sizes, except where dbt's current speed would take hours (README says which):
-# the consumer lands ~4k demo rows/s, so the 1M and the one-500k-txn cases run once (200k: 3 times);
-# transform on 100k rows (not 1M) once, end to end on the 20k demo lake only.
+# Full: the sizes. What runs fewer than 3 times (README says why): the 1M and the
+# one-500k-txn CDC cases, the dbt builds and the end-to-end runs, once each.
 FULL = Sizes(cdc_small=200_000, cdc_large=1_000_000, cdc_one_txn=500_000, cdc_runs=3, cdc_large_runs=1,
              snapshot_rows=1_000_000, snapshot_runs=3, latency_seconds=60, latency_runs=3, latency_rate=2000,
-             transform_rows=100_000, transform_incr=10_000, transform_runs=1, llm_rows=100_000, llm_shapes=10,
-             llm_runs=3, e2e_small=20_000, e2e_large=0)
+             transform_rows=1_000_000, transform_incr=10_000, transform_runs=1, llm_rows=100_000, llm_shapes=10,
+             llm_runs=3, e2e_small=20_000, e2e_large=1_000_000)

@@ -1,0 +1,155 @@
+"""Profile the normalization (`paynorm transform --full-refresh` = rule sync + `dbt build`) on demo rows:
+where does a landed row's time go?
+
+    .venv/bin/python -m bench.profile_transform --rows 100000
+    .venv/bin/python -m bench.profile_transform --rows 100000 --explain
+    .venv/bin/python -m bench.profile_transform --rows 100000 --copies 10 --incremental 10000
+
+Starts its own cluster (like bench/run.py), lands ``--rows`` demo rows with `replicate --once`
+(``--copies K`` then multiplies them in SQL, K times in all, each copy with its own lake_key and
+load_seq: the same shapes and payloads, without waiting for the demo generator and the consumer),
+times the plain ``INSERT INTO t SELECT * FROM raw.lake_transactions`` baseline and
+`transform --full-refresh` (``--runs`` times, both in the same run), and prints the slowest dbt
+nodes from run_results.json with the time per node kind (models, data tests, unit tests, seeds).
+
+``--explain`` runs EXPLAIN (ANALYZE, BUFFERS) of the compiled SELECT of int_transactions_normalized
+(target/compiled, with the session settings dbt gets from consumer/transform.py) and prints it.
+``--incremental N`` lands N more demo rows afterwards and times an incremental build.
+``--keep`` leaves the cluster running (its directory and a DSN are printed) for manual queries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from consumer import transform as tf
+
+from .common import Bench, log
+
+MODEL = "int_transactions_normalized"
+
+
+def _multiply(b: Bench, wh_db: str, copies: int) -> int:
+    """Copies 2..K of every landed row (lake_key suffixed '~k', new load_seq); returns the row count."""
+    with b.admin(wh_db) as conn:
+        cols = [r[0] for r in conn.execute(
+            "select column_name from information_schema.columns where table_schema = 'raw'"
+            " and table_name = 'lake_transactions' and column_name not in ('lake_key', 'load_seq')"
+            " order by ordinal_position").fetchall()]
+        ident = sql.SQL(", ").join(sql.Identifier(c) for c in cols)
+        for k in range(2, copies + 1):
+            conn.execute(sql.SQL(
+                "insert into raw.lake_transactions (lake_key, {cols}) "
+                "select lake_key || {suffix}, {cols} from raw.lake_transactions where lake_key not like '%~%'"
+            ).format(cols=ident, suffix=sql.Literal(f"~{k}")))
+            conn.commit()
+        conn.execute("vacuum analyze raw.lake_transactions")
+        return conn.execute("select count(*) from raw.lake_transactions").fetchone()[0]  # type: ignore[index]
+
+
+def _plain_copy(b: Bench, wh_db: str, n: int) -> float:
+    with b.admin(wh_db) as conn:
+        conn.execute("drop table if exists bench_plain; create table bench_plain (like raw.lake_transactions)")
+        conn.commit()
+        t0 = time.perf_counter()
+        conn.execute("insert into bench_plain select * from raw.lake_transactions")
+        conn.commit()
+        secs = time.perf_counter() - t0
+        conn.execute("drop table bench_plain")
+    log(f"plain INSERT..SELECT of {n:,} rows: {secs:.2f}s ({n / secs:,.0f} rows/s)")
+    return secs
+
+
+def _nodes(home: Path) -> list[dict[str, Any]]:
+    rr = home / "dbt" / "target" / "run_results.json"
+    if not rr.exists():
+        return []
+    return json.loads(rr.read_text())["results"]
+
+
+def _print_nodes(results: list[dict[str, Any]], top: int) -> None:
+    kinds: dict[str, list[float]] = {}
+    for r in results:
+        kind = r["unique_id"].split(".", 1)[0]
+        kinds.setdefault(kind, []).append(r["execution_time"])
+    print("  time per node kind: " + ", ".join(
+        f"{k} {sum(v):.1f}s ({len(v)})" for k, v in sorted(kinds.items(), key=lambda kv: -sum(kv[1]))))
+    print(f"  slowest {top} nodes:")
+    for r in sorted(results, key=lambda r: -r["execution_time"])[:top]:
+        print(f"    {r['execution_time']:8.2f}s  {r['status']:<7} {r['unique_id']}")
+
+
+def _build(b: Bench, wh_dsn: str, home: Path, label: str, *, full_refresh: bool) -> tuple[float, list[dict[str, Any]]]:
+    env = b.consumer_env("", wh_dsn, "unused", PAYNORM_HOME=str(home), PAYNORM_LOG_LEVEL="WARNING")
+    t = b.paynorm("transform", *(["--full-refresh"] if full_refresh else []), env=env, label=label)
+    return t.seconds, _nodes(home)
+
+
+def _explain(b: Bench, wh_db: str, home: Path) -> None:
+    path = home / "dbt" / "target" / "compiled" / "paynorm" / "models" / "intermediate" / f"{MODEL}.sql"
+    query = path.read_text()
+    print(f"\n== EXPLAIN (ANALYZE, BUFFERS) of {path} ({len(query):,} characters of SQL)")
+    with b.admin(wh_db) as conn:
+        for name, value in tf.SESSION_SETTINGS.items():
+            conn.execute("select set_config(%s, %s, false)", (name, value))
+        t0 = time.perf_counter()
+        plan = conn.execute(sql.SQL("explain (analyze, buffers) {}").format(sql.SQL(query))).fetchall()  # type: ignore[arg-type]
+        log(f"explain analyze: {time.perf_counter() - t0:.1f}s")
+        conn.rollback()
+    for (line,) in plan:
+        print(line)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=100_000, help="demo rows landed by the consumer")
+    ap.add_argument("--copies", type=int, default=1, help="multiply the landed rows in SQL (K copies in all)")
+    ap.add_argument("--runs", type=int, default=1, help="full builds (each next to its own plain copy)")
+    ap.add_argument("--incremental", type=int, default=0, help="then land N more rows and build incrementally")
+    ap.add_argument("--explain", action="store_true", help="EXPLAIN (ANALYZE, BUFFERS) the model's compiled SQL")
+    ap.add_argument("--top", type=int, default=15)
+    ap.add_argument("--keep", action="store_true", help="leave the cluster running")
+    args = ap.parse_args()
+    b = Bench(quick=True)
+    try:
+        lake_db, wh_db = "lake_prof", "wh_prof"
+        lake_dsn, wh_dsn = b.new_lake(lake_db), b.new_warehouse(wh_db)
+        b.fill_lake(lake_db, args.rows, txn_rows=1000)
+        t = b.paynorm("replicate", "--once", env=b.consumer_env(lake_dsn, wh_dsn, "prof"), label="replicate")
+        log(f"landed {args.rows:,} rows in {t.seconds:.1f}s")
+        n = _multiply(b, wh_db, args.copies) if args.copies > 1 else b.count(wh_db)
+        log(f"{n:,} landed rows")
+        home = b.base / "home-prof"
+        for r in range(args.runs):
+            plain = _plain_copy(b, wh_db, n)
+            secs, results = _build(b, wh_dsn, home, f"full-{r}", full_refresh=True)
+            print(f"\n== transform --full-refresh #{r + 1} of {n:,} rows: {secs:.1f}s ({n / secs:,.0f} rows/s); "
+                  f"plain copy {plain:.2f}s ({n / plain:,.0f} rows/s); ratio {plain / secs:.4f}x")
+            _print_nodes(results, args.top)
+        if args.explain:
+            _explain(b, wh_db, home)
+        if args.incremental:
+            b.fill_lake(lake_db, args.incremental, txn_rows=1000, seed=21)
+            b.paynorm("replicate", "--once", env=b.consumer_env(lake_dsn, wh_dsn, "prof"), label="replicate-incr")
+            secs, results = _build(b, wh_dsn, home, "incremental", full_refresh=False)
+            print(f"\n== incremental transform: {args.incremental:,} new rows on top of {n:,}: {secs:.1f}s")
+            _print_nodes(results, args.top)
+        if args.keep:
+            print(f"\ncluster kept: {b.base} (warehouse DSN {wh_dsn}; superuser DSN {b.cluster.dsn(wh_db)});"
+                  f" stop with: {b.bindir}/pg_ctl -D {b.cluster.datadir} stop")
+    finally:
+        if not args.keep:
+            b.close()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
