@@ -98,28 +98,37 @@ def run_snapshot(lake_conn: psycopg.Connection, pool: ConnectionPool, fence: Fen
         crashpoint("snapshot_chunk")
         return done
 
-    # Reading and decoding chunk N+1 (this thread) overlaps with writing chunk N (the writer thread);
-    # chunks commit in order, so the saved cursor always follows the rows committed before it.
+    def fetch(after: list[str] | None) -> list[tuple[Any, ...]]:
+        query = _select_chunk(table, after is not None)
+        return lake_conn.execute(query, [*(after or []), chunk]).fetchall()
+
+    # Three stages overlap: the lake reads chunk N+1 (reader thread) while this thread decodes
+    # chunk N and the warehouse writes chunk N-1 (writer thread). Chunks commit in order, so the
+    # saved cursor always follows the rows committed before it. Only the reader uses lake_conn
+    # until the loop ends.
     pending: Future[int] | None = None
     try:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="paynorm-snapshot-writer") as writer:
-            while not stop.is_set():
-                query = _select_chunk(table, cursor is not None)
-                params = [*(cursor or []), chunk]
-                records = lake_conn.execute(query, params).fetchall()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="paynorm-snapshot-writer") as writer, \
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="paynorm-snapshot-reader") as reader:
+            next_records: Future[list[tuple[Any, ...]]] | None = reader.submit(fetch, cursor)
+            while next_records is not None and not stop.is_set():
+                records = next_records.result()
+                next_records = None
                 if not records:
                     break
+                cursor = [str(v) for v in records[-1][: len(table.pk)]]
+                if len(records) == chunk:
+                    next_records = reader.submit(fetch, cursor)
                 batch.clear()
                 for row in rows_from_text(table, records, op="S", lsn=lsn):
                     batch.add(row)
                 staged = stage(batch)
-                cursor = [str(v) for v in records[-1][: len(table.pk)]]
                 done += len(records)
                 if pending is not None:
                     progress.update(pending.result())
                 pending = writer.submit(write_chunk, staged, cursor, done)
-                if len(records) < chunk:
-                    break
+            if next_records is not None:
+                next_records.cancel()
             if pending is not None:
                 progress.update(pending.result())
     finally:
