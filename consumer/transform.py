@@ -105,17 +105,33 @@ def write_profiles_dir(dsn: str, directory: str | Path, *, schema: str = DEFAULT
     return d, password
 
 
+# Session settings of dbt's connections (through PGOPTIONS):
+# - jit=off: the rules compile into one large query whose estimated cost always crosses
+#   jit_above_cost, and JIT-compiling it took 35 s of a 36 s incremental build on 20k rows
+#   (measured with EXPLAIN ANALYZE), for nothing in return.
+# - work_mem=64MB: the normalization hashes and sorts whole landing tables (model build, unique
+#   tests); with the default 4MB they spill to temporary files (external merges) at 100k rows.
+# - max_parallel_workers_per_gather=0: paynorm.try_timestamptz (consumer/sql/mappings.sql) has an
+#   exception block, i.e. a subtransaction, which PostgreSQL refuses in any parallel plan, even in
+#   the leader ("cannot start subtransactions during a parallel operation"), seen on
+#   `select * from int_transactions_converted` at 100k rows. The function is now declared parallel
+#   unsafe (which also fixes analysts' direct queries); dbt's sessions stay serial, as measured.
+SESSION_SETTINGS: dict[str, str] = {"jit": "off", "work_mem": "64MB", "max_parallel_workers_per_gather": "0"}
+
+
+def _pgoptions(existing: str | None) -> str:
+    """PGOPTIONS with SESSION_SETTINGS appended (values are plain words: no escaping needed)."""
+    opts = " ".join(f"-c {k}={v}" for k, v in SESSION_SETTINGS.items())
+    return f"{existing or ''} {opts}".strip()
+
+
 @contextlib.contextmanager
 def _secret_env(password: str) -> Iterator[None]:
-    """The password (and session options) in the environment for the duration of one dbt call.
-
-    PGOPTIONS turns JIT off for dbt's sessions: the rules compile into one large query whose
-    estimated cost always crosses jit_above_cost, and JIT-compiling it took 35 s of a 36 s
-    incremental build on 20k rows (measured with EXPLAIN ANALYZE), for nothing in return.
-    """
+    """The password (and the session settings, SESSION_SETTINGS) in the environment for the
+    duration of one dbt call."""
     saved = {k: os.environ.get(k) for k in (PASSWORD_ENV, "PGOPTIONS")}
     os.environ[PASSWORD_ENV] = password
-    os.environ["PGOPTIONS"] = f"{saved['PGOPTIONS'] or ''} -c jit=off".strip()
+    os.environ["PGOPTIONS"] = _pgoptions(saved["PGOPTIONS"])
     try:
         yield
     finally:

@@ -62,10 +62,11 @@ create index if not exists llm_calls_shape on paynorm.llm_calls (shape_key, call
 comment on table paynorm.llm_calls is 'One row per HTTP request of the paynorm LLM step (tokens, latency, outcome).';
 
 -- ISO 8601 text -> timestamptz, NULL when unparseable (PostgreSQL 15 has no pg_input_is_valid).
--- No offset means UTC, whatever the session time zone. Parallel restricted: the exception block
--- starts a subtransaction, which parallel workers cannot (found by a 20k-row demo).
+-- No offset means UTC, whatever the session time zone. Parallel unsafe: the exception block starts a
+-- subtransaction, which neither parallel workers (found by a 20k-row demo) nor a leader running a
+-- parallel plan may do (found at 100k rows: "restricted" was not enough).
 create or replace function paynorm.try_timestamptz(v text) returns timestamptz
-language plpgsql stable parallel restricted as $$
+language plpgsql stable parallel unsafe as $$
 begin
     if v is null or v !~ '^\s*\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?\s*(Z|z|[+-]\d{2}(:?\d{2})?)?\s*$' then
         return null;

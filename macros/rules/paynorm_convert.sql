@@ -2,8 +2,16 @@
     amount units and exponents (provider deviations, then ISO 4217), currency alpha/numeric, country
     alpha-2/alpha-3/numeric, status vocabulary, decline-code seed, timestamps, string booleans,
     latency. Adds `invalid_reason` (unmapped_status | bad_amount | unknown_currency) and `outcome`
-    (event | quarantine). Money stays numeric: no float anywhere. -#}
-{% macro paynorm_convert(relation) -%}
+    (event | quarantine). Money stays numeric: no float anywhere. `passthrough`: columns of
+    `relation` carried along unchanged at the end.
+    Each step below ends with `offset 0`, a planner fence: without it PostgreSQL pulls the steps up
+    into one SELECT and substitutes every column by its defining expression wherever it is used, so
+    e.g. the amount regexes ran dozens of times per row (amount_num -> amount_value -> minor_value ->
+    invalid_reason -> amount_minor / amount / outcome). With the fences each value is computed once. -#}
+{% macro paynorm_convert(relation, passthrough=[]) -%}
+  {%- if passthrough is string -%}
+    {{ exceptions.raise_compiler_error("paynorm_convert: passthrough must be a list of column names") }}
+  {%- endif -%}
 with to_convert as (
     select * from {{ relation }}
 ),
@@ -50,6 +58,7 @@ prepared as (
         btrim(e.event_at_text) as event_at_clean,
         btrim(e.latency_text) as latency_clean
     from to_convert as e
+    offset 0
 ),
 
 looked_up as (
@@ -84,6 +93,7 @@ looked_up as (
         on dcp.provider = p.provider and dcp.code = p.decline_lookup_code
     left join {{ ref('decline_codes') }} as dci
         on dci.provider = 'iso8583' and dci.code = p.decline_lookup_code
+    offset 0
 ),
 
 amounts as (
@@ -94,6 +104,7 @@ amounts as (
             when l.amount_unit = 'minor' then coalesce(l.payload_exponent, l.provider_exponent, l.iso_exponent)
         end as source_exponent
     from looked_up as l
+    offset 0
 ),
 
 minor_units as (
@@ -106,6 +117,7 @@ minor_units as (
                 then a.amount_value * power(10::numeric, a.iso_exponent - a.source_exponent)
         end as minor_value
     from amounts as a
+    offset 0
 ),
 
 resolved as (
@@ -126,6 +138,7 @@ resolved as (
                 then 'bad_amount'
         end as invalid_reason
     from minor_units as m
+    offset 0
 )
 
 select
@@ -184,5 +197,8 @@ select
     ) as is_test,
     r.invalid_reason,
     case when r.invalid_reason is null then 'event' else 'quarantine' end as outcome
+    {%- for c in passthrough %},
+    r.{{ adapter.quote(c) }}
+    {%- endfor %}
 from resolved as r
 {%- endmacro %}

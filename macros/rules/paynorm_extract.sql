@@ -1,15 +1,41 @@
 {#- Extracted values of every row of `relation` (staged columns + mapping_id) that an active rule
-    matched: one UNION ALL branch per rule. With no active rule, an empty relation of the same
-    columns. -#}
-{% macro paynorm_extract(relation, rules) -%}
-  {%- if rules | length == 0 -%}
-    {{ paynorm_extract_rule({'id': 'none', 'rule_hash': 'none', 'priority': 0,
-                             'rule': {'provider': {'const': 'unknown'}, 'fields': {'status': {}}}},
-                            relation) }}
-  {%- else -%}
-    {%- for r in rules %}
-    {{ paynorm_extract_rule(r, relation) }}
-    {% if not loop.last %}union all{% endif %}
-    {%- endfor %}
+    matched. One pass over `relation`: a CASE on the row's mapping_id evaluates the values of that
+    rule only (paynorm_extract_rule: one text array per rule), then the array is split into typed
+    columns (paynorm_extracted_columns). With no active rule, an empty relation of the same
+    columns. `passthrough`: columns of `relation` carried along unchanged after the extracted ones
+    (saves joining back to `relation` on lake_key). -#}
+{% macro paynorm_extract(relation, rules, passthrough=[]) -%}
+  {%- if passthrough is string -%}
+    {{ exceptions.raise_compiler_error("paynorm_extract: passthrough must be a list of column names") }}
   {%- endif -%}
+  {%- set none_rule = {'id': 'none', 'rule_hash': 'none', 'priority': 0,
+                       'rule': {'provider': {'const': 'unknown'}, 'fields': {'status': {}}}} -%}
+select
+    e.lake_key,
+    e.load_seq,
+    {%- for c in paynorm_extracted_columns() %}
+    e.extracted[{{ loop.index }}]::{{ c.type }} as {{ c.name }}{{ ',' if (passthrough or not loop.last) }}
+    {%- endfor %}
+    {%- for c in passthrough %}
+    e.{{ adapter.quote(c) }}{{ ',' if not loop.last }}
+    {%- endfor %}
+from (
+    select
+        m.lake_key,
+        m.load_seq,
+        {%- for c in passthrough %}
+        m.{{ adapter.quote(c) }},
+        {%- endfor %}
+        case m.mapping_id
+        {%- for r in (rules if rules | length > 0 else [none_rule]) %}
+        when {{ paynorm_sql_string(r.id) }} then
+        {{ paynorm_extract_rule(r) }}
+        {%- endfor %}
+        end as extracted
+    from {{ relation }} as m
+    where m.mapping_id is not null
+    -- a planner fence: without it the CASE would be evaluated once per column read from its array
+    offset 0
+) as e
+where e.extracted is not null
 {%- endmacro %}

@@ -1,7 +1,9 @@
-{#- The SELECT list that turns rows matched by ONE rule into extracted canonical values (still text
-    for what paynorm_convert converts with the seeds). `relation` has the staged columns plus
-    mapping_id. This is the SQL `dbt compile` shows per rule. -#}
-{% macro paynorm_extract_rule(r, relation) -%}
+{#- The values that turn a row matched by ONE rule into extracted canonical values (still text for
+    what paynorm_convert converts with the seeds): a text array, one element per column of
+    paynorm_extracted_columns (in that order, each commented with its column name), read from the
+    current row `m` (staged columns plus mapping_id). paynorm_extract picks the array of the row's
+    rule. This is the SQL `dbt compile` shows per rule. -#}
+{% macro paynorm_extract_rule(r) -%}
   {%- set f = r.rule.fields -%}
   {%- set none_spec = none -%}
   {%- set amount = f.amount if f.amount is defined else none -%}
@@ -22,76 +24,80 @@
   {%- set lat = f.latency_ms if f.latency_ms is defined else none -%}
   {%- set ev = f.event_at if f.event_at is defined else none -%}
   {%- set et = f.event_type if f.event_type is defined else none -%}
-  -- rule {{ r.id }} (priority {{ r.priority }}, hash {{ r.rule_hash }})
-  select
-    m.lake_key,
-    m.load_seq,
-    {{ paynorm_sql_string(r.id) }}::text as mapping_id,
-    {{ paynorm_sql_string(r.rule_hash) }}::text as rule_hash,
-    {{ paynorm_sql_string('llm' if r.origin == 'llm' else 'rule') }}::text as normalizer,
-    {{ paynorm_sql_string(r.model if r.origin == 'llm' else none) }}::text as llm_model,
-    {{ paynorm_provider_expr(r.rule.provider, 'm.payload', 'm.row_data') }} as provider,
-    coalesce({{ paynorm_field_text(f.transaction_id if f.transaction_id is defined else none, 'm.payload', 'm.row_data') }}, m.row_transaction_id) as transaction_id,
-    coalesce({{ paynorm_field_text(f.merchant_id if f.merchant_id is defined else none, 'm.payload', 'm.row_data') }}, m.row_merchant_id) as merchant_id,
-    coalesce({{ paynorm_field_text(f.merchant_name if f.merchant_name is defined else none, 'm.payload', 'm.row_data') }}, m.row_merchant_name) as merchant_name,
+  {%- set v = {} -%}
+    {%- set x %}{{ paynorm_sql_string(r.id) }}::text{% endset %}{% do v.update({'mapping_id': x}) %}
+    {%- set x %}{{ paynorm_sql_string(r.rule_hash) }}::text{% endset %}{% do v.update({'rule_hash': x}) %}
+    {%- set x %}{{ paynorm_sql_string('llm' if r.origin == 'llm' else 'rule') }}::text{% endset %}{% do v.update({'normalizer': x}) %}
+    {%- set x %}{{ paynorm_sql_string(r.model if r.origin == 'llm' else none) }}::text{% endset %}{% do v.update({'llm_model': x}) %}
+    {%- set x %}{{ paynorm_provider_expr(r.rule.provider, 'm.payload', 'm.row_data') }}{% endset %}{% do v.update({'provider': x}) %}
+    {%- set x %}coalesce({{ paynorm_field_text(f.transaction_id if f.transaction_id is defined else none, 'm.payload', 'm.row_data') }}, m.row_transaction_id){% endset %}{% do v.update({'transaction_id': x}) %}
+    {%- set x %}coalesce({{ paynorm_field_text(f.merchant_id if f.merchant_id is defined else none, 'm.payload', 'm.row_data') }}, m.row_merchant_id){% endset %}{% do v.update({'merchant_id': x}) %}
+    {%- set x %}coalesce({{ paynorm_field_text(f.merchant_name if f.merchant_name is defined else none, 'm.payload', 'm.row_data') }}, m.row_merchant_name){% endset %}{% do v.update({'merchant_name': x}) %}
     {%- if mc is not none %}
-    coalesce({{ paynorm_field_text(mc, 'm.payload', 'm.row_data') }}, m.row_merchant_country) as merchant_country_text,
-    {{ paynorm_sql_string(mc.country if mc.country is defined else 'auto') }}::text as merchant_country_mode,
+    {%- set x %}coalesce({{ paynorm_field_text(mc, 'm.payload', 'm.row_data') }}, m.row_merchant_country){% endset %}{% do v.update({'merchant_country_text': x}) %}
+    {%- set x %}{{ paynorm_sql_string(mc.country if mc.country is defined else 'auto') }}::text{% endset %}{% do v.update({'merchant_country_mode': x}) %}
     {%- else %}
-    m.row_merchant_country as merchant_country_text,
-    'auto'::text as merchant_country_mode,
+    {%- set x %}m.row_merchant_country{% endset %}{% do v.update({'merchant_country_text': x}) %}
+    {%- set x %}'auto'::text{% endset %}{% do v.update({'merchant_country_mode': x}) %}
     {%- endif %}
-    {{ paynorm_field_enum(et, 'm.payload', 'm.row_data') }} as event_type_mapped,
-    {{ paynorm_sql_string(et.default if (et is not none and et.default is defined) else none) }}::text as event_type_default,
-    {{ paynorm_field_enum(status, 'm.payload', 'm.row_data') }} as status_mapped,
-    nullif(btrim({{ paynorm_field_raw(status, 'm.payload', 'm.row_data') }}), '') as status_token,
-    {{ paynorm_sql_string(status.default if status.default is defined else none) }}::text as status_default,
-    {{ 'false' if (status.vocabulary is defined and status.vocabulary is sameas false) else 'true' }} as status_use_vocabulary,
+    {%- set x %}{{ paynorm_field_enum(et, 'm.payload', 'm.row_data') }}{% endset %}{% do v.update({'event_type_mapped': x}) %}
+    {%- set x %}{{ paynorm_sql_string(et.default if (et is not none and et.default is defined) else none) }}::text{% endset %}{% do v.update({'event_type_default': x}) %}
+    {%- set x %}{{ paynorm_field_enum(status, 'm.payload', 'm.row_data') }}{% endset %}{% do v.update({'status_mapped': x}) %}
+    {%- set x %}nullif(btrim({{ paynorm_field_raw(status, 'm.payload', 'm.row_data') }}), ''){% endset %}{% do v.update({'status_token': x}) %}
+    {%- set x %}{{ paynorm_sql_string(status.default if status.default is defined else none) }}::text{% endset %}{% do v.update({'status_default': x}) %}
+    {%- set x %}{{ 'false' if (status.vocabulary is defined and status.vocabulary is sameas false) else 'true' }}{% endset %}{% do v.update({'status_use_vocabulary': x}) %}
     {%- if f.provider_status_raw is defined %}
-    {{ paynorm_field_text(f.provider_status_raw, 'm.payload', 'm.row_data') }} as provider_status_raw,
+    {%- set x %}{{ paynorm_field_text(f.provider_status_raw, 'm.payload', 'm.row_data') }}{% endset %}{% do v.update({'provider_status_raw': x}) %}
     {%- else %}
-    nullif(btrim({{ paynorm_field_raw({'path': status.path} if status.path is defined else ({'row_path': status.row_path} if status.row_path is defined else none), 'm.payload', 'm.row_data') }}), '') as provider_status_raw,
+    {%- set x %}nullif(btrim({{ paynorm_field_raw({'path': status.path} if status.path is defined else ({'row_path': status.row_path} if status.row_path is defined else none), 'm.payload', 'm.row_data') }}), ''){% endset %}{% do v.update({'provider_status_raw': x}) %}
     {%- endif %}
-    {{ paynorm_field_enum(dc, 'm.payload', 'm.row_data') }} as decline_category_mapped,
+    {%- set x %}{{ paynorm_field_enum(dc, 'm.payload', 'm.row_data') }}{% endset %}{% do v.update({'decline_category_mapped': x}) %}
     {%- if dc is not none and (dc.path is defined or dc.row_path is defined) %}
-    nullif(btrim({{ paynorm_field_raw(dc, 'm.payload', 'm.row_data') }}), '') as decline_code,
+    {%- set x %}nullif(btrim({{ paynorm_field_raw(dc, 'm.payload', 'm.row_data') }}), ''){% endset %}{% do v.update({'decline_code': x}) %}
     {%- else %}
-    null::text as decline_code,
+    {%- set x %}null::text{% endset %}{% do v.update({'decline_code': x}) %}
     {%- endif %}
-    {{ paynorm_sql_string(dc.default if (dc is not none and dc.default is defined) else none) }}::text as decline_category_default,
-    {{ paynorm_field_text(f.response_code_raw if f.response_code_raw is defined else none, 'm.payload', 'm.row_data') }} as response_code_raw,
-    {{ paynorm_field_text(f.error_message if f.error_message is defined else none, 'm.payload', 'm.row_data') }} as error_message,
-    lower({{ paynorm_field_text(f.payment_method if f.payment_method is defined else none, 'm.payload', 'm.row_data') }}) as payment_method,
-    lower({{ paynorm_field_text(f.card_network if f.card_network is defined else none, 'm.payload', 'm.row_data') }}) as card_network,
+    {%- set x %}{{ paynorm_sql_string(dc.default if (dc is not none and dc.default is defined) else none) }}::text{% endset %}{% do v.update({'decline_category_default': x}) %}
+    {%- set x %}{{ paynorm_field_text(f.response_code_raw if f.response_code_raw is defined else none, 'm.payload', 'm.row_data') }}{% endset %}{% do v.update({'response_code_raw': x}) %}
+    {%- set x %}{{ paynorm_field_text(f.error_message if f.error_message is defined else none, 'm.payload', 'm.row_data') }}{% endset %}{% do v.update({'error_message': x}) %}
+    {%- set x %}lower({{ paynorm_field_text(f.payment_method if f.payment_method is defined else none, 'm.payload', 'm.row_data') }}){% endset %}{% do v.update({'payment_method': x}) %}
+    {%- set x %}lower({{ paynorm_field_text(f.card_network if f.card_network is defined else none, 'm.payload', 'm.row_data') }}){% endset %}{% do v.update({'card_network': x}) %}
     {%- if amount is not none %}
-    {{ paynorm_field_raw(amount, 'm.payload', 'm.row_data') }} as amount_text,
-    {{ paynorm_sql_string(amount.unit) }}::text as amount_unit,
-    {{ 'true' if amount.decimal_comma is defined and amount.decimal_comma else 'false' }} as amount_decimal_comma,
-    {{ 'true' if amount.absolute is defined and amount.absolute else 'false' }} as amount_absolute,
-    {% if amount.exponent_path is defined %}{{ paynorm_json_value('m.payload', amount.exponent_path) }}{% else %}null::text{% endif %} as amount_exponent_text,
+    {%- set x %}{{ paynorm_field_raw(amount, 'm.payload', 'm.row_data') }}{% endset %}{% do v.update({'amount_text': x}) %}
+    {%- set x %}{{ paynorm_sql_string(amount.unit) }}::text{% endset %}{% do v.update({'amount_unit': x}) %}
+    {%- set x %}{{ 'true' if amount.decimal_comma is defined and amount.decimal_comma else 'false' }}{% endset %}{% do v.update({'amount_decimal_comma': x}) %}
+    {%- set x %}{{ 'true' if amount.absolute is defined and amount.absolute else 'false' }}{% endset %}{% do v.update({'amount_absolute': x}) %}
+    {%- set x %}{% if amount.exponent_path is defined %}{{ paynorm_json_value('m.payload', amount.exponent_path) }}{% else %}null::text{% endif %}{% endset %}{% do v.update({'amount_exponent_text': x}) %}
     {%- else %}
-    null::text as amount_text,
-    null::text as amount_unit,
-    false as amount_decimal_comma,
-    false as amount_absolute,
-    null::text as amount_exponent_text,
+    {%- set x %}null::text{% endset %}{% do v.update({'amount_text': x}) %}
+    {%- set x %}null::text{% endset %}{% do v.update({'amount_unit': x}) %}
+    {%- set x %}false{% endset %}{% do v.update({'amount_decimal_comma': x}) %}
+    {%- set x %}false{% endset %}{% do v.update({'amount_absolute': x}) %}
+    {%- set x %}null::text{% endset %}{% do v.update({'amount_exponent_text': x}) %}
     {%- endif %}
-    {{ paynorm_field_text(f.currency if f.currency is defined else none, 'm.payload', 'm.row_data') }} as currency_text,
-    {{ paynorm_field_text(ic, 'm.payload', 'm.row_data') }} as issuer_country_text,
-    {{ paynorm_sql_string(ic.country if (ic is not none and ic.country is defined) else 'auto') }}::text as issuer_country_mode,
-    {{ paynorm_field_raw(lat, 'm.payload', 'm.row_data') }} as latency_text,
-    {{ paynorm_sql_string(lat.unit if (lat is not none and lat.unit is defined) else 'ms') }}::text as latency_unit,
-    {{ paynorm_field_raw(ev, 'm.payload', 'm.row_data') }} as event_at_text,
-    {{ paynorm_sql_string(ev.format if (ev is not none and ev.format is defined) else 'iso') }}::text as event_at_format,
+    {%- set x %}{{ paynorm_field_text(f.currency if f.currency is defined else none, 'm.payload', 'm.row_data') }}{% endset %}{% do v.update({'currency_text': x}) %}
+    {%- set x %}{{ paynorm_field_text(ic, 'm.payload', 'm.row_data') }}{% endset %}{% do v.update({'issuer_country_text': x}) %}
+    {%- set x %}{{ paynorm_sql_string(ic.country if (ic is not none and ic.country is defined) else 'auto') }}::text{% endset %}{% do v.update({'issuer_country_mode': x}) %}
+    {%- set x %}{{ paynorm_field_raw(lat, 'm.payload', 'm.row_data') }}{% endset %}{% do v.update({'latency_text': x}) %}
+    {%- set x %}{{ paynorm_sql_string(lat.unit if (lat is not none and lat.unit is defined) else 'ms') }}::text{% endset %}{% do v.update({'latency_unit': x}) %}
+    {%- set x %}{{ paynorm_field_raw(ev, 'm.payload', 'm.row_data') }}{% endset %}{% do v.update({'event_at_text': x}) %}
+    {%- set x %}{{ paynorm_sql_string(ev.format if (ev is not none and ev.format is defined) else 'iso') }}::text{% endset %}{% do v.update({'event_at_format': x}) %}
     {%- if is_test is not none %}
-    coalesce({{ paynorm_field_cases(is_test, 'm.payload') }}, {{ paynorm_field_raw(is_test, 'm.payload', 'm.row_data') }}) as is_test_text,
-    {{ 'true' if is_test.negate is defined and is_test.negate else 'false' }} as is_test_negate,
-    {{ paynorm_sql_string(is_test.default if is_test.default is defined else none) }}::boolean as is_test_default
+    {%- set x %}coalesce({{ paynorm_field_cases(is_test, 'm.payload') }}, {{ paynorm_field_raw(is_test, 'm.payload', 'm.row_data') }}){% endset %}{% do v.update({'is_test_text': x}) %}
+    {%- set x %}{{ 'true' if is_test.negate is defined and is_test.negate else 'false' }}{% endset %}{% do v.update({'is_test_negate': x}) %}
+    {%- set x %}{{ paynorm_sql_string(is_test.default if is_test.default is defined else none) }}::boolean{% endset %}{% do v.update({'is_test_default': x}) %}
     {%- else %}
-    null::text as is_test_text,
-    false as is_test_negate,
-    null::boolean as is_test_default
+    {%- set x %}null::text{% endset %}{% do v.update({'is_test_text': x}) %}
+    {%- set x %}false{% endset %}{% do v.update({'is_test_negate': x}) %}
+    {%- set x %}null::boolean{% endset %}{% do v.update({'is_test_default': x}) %}
     {%- endif %}
-  from {{ relation }} as m
-  where m.mapping_id = {{ paynorm_sql_string(r.id) }}
+  -- rule {{ r.id }} (priority {{ r.priority }}, hash {{ r.rule_hash }})
+  array[
+  {%- for c in paynorm_extracted_columns() %}
+    {%- if v[c.name] is not defined -%}
+      {{ exceptions.raise_compiler_error("paynorm_extract_rule: no value for column " ~ c.name) }}
+    {%- endif %}
+    ({{ v[c.name] }})::text{{ ',' if not loop.last }}  -- {{ c.name }}
+  {%- endfor %}
+  ]
 {%- endmacro %}

@@ -23,18 +23,24 @@
 {%- if execute and is_incremental() -%}
     {%- set watermark = run_query("select coalesce(max(load_seq), 0) from " ~ this).columns[0].values()[0] -%}
 {%- endif %}
+{#- Columns of the landed row every outcome carries: passed along through the matching, extraction,
+    conversion and classification instead of joining them back on lake_key. -#}
+{%- set carried = ['source_format', 'shape_key', 'lake_lsn', 'committed_at', 'ingested_at', 'payload_excerpt'] %}
 
 with
 
-staged_all as (
+{# Not materialized (it is read up to four times): filters on load_seq / lake_key reach the landing
+    table's indexes, and only the rows a build needs are projected. Materialized, an incremental
+    build copied the whole landing table (every row, all staging columns) first. #}
+staged_all as not materialized (
 
     select * from {{ ref('stg_lake__transactions') }}
 
 ),
 
+{% if is_incremental() -%}
 candidate_keys as (
 
-    {% if is_incremental() -%}
     -- new and changed landing rows
     select lake_key from staged_all where load_seq > {{ watermark }}
     union
@@ -44,16 +50,37 @@ candidate_keys as (
       and not exists (select 1 from {{ this }} as t where t.lake_key = s.lake_key and t.load_seq = s.load_seq)
     union
     {{ paynorm_reprocess_keys(this, rules, ruleset_hash) }}
-    {%- else -%}
-    select lake_key from staged_all
-    {%- endif %}
 
 ),
 
-staged as (
+{% endif -%}
+{#- Not materialized: read by `matched` (live rows) and by the deleted rows below; materializing
+    it would copy every landed row (payload and row image) to a temporary store first. -#}
+staged as not materialized (
 
-    select s.* from staged_all as s
+    select
+        s.lake_key,
+        s.load_seq,
+        s.shape_key,
+        s.payload,
+        s.payload_format,
+        s.decode_error,
+        s.row_data,
+        s.row_transaction_id,
+        s.row_merchant_id,
+        s.row_merchant_name,
+        s.row_merchant_country,
+        s.row_created_at_text,
+        s.is_deleted,
+        s.payload_format as source_format,
+        s.lake_lsn,
+        s.committed_at,
+        s.loaded_at as ingested_at,
+        left(coalesce(s.payload::text, s.raw_payload::text, ''), {{ var('payload_excerpt_chars') }}) as payload_excerpt
+    from staged_all as s
+    {%- if is_incremental() %}
     inner join candidate_keys as k on k.lake_key = s.lake_key
+    {%- endif %}
 
 ),
 
@@ -65,35 +92,43 @@ matched as (
 
 extracted as (
 
-    {{ paynorm_extract('matched', rules) }}
+    {{ paynorm_extract('matched', rules, passthrough=carried + ['row_created_at_text']) }}
 
 ),
 
 converted as (
 
-    {{ paynorm_convert('extracted') }}
+    {{ paynorm_convert('extracted', passthrough=carried + ['row_created_at_text']) }}
 
 ),
 
 unmatched as (
 
-    {{ paynorm_classify_unmatched('matched') }}
+    {{ paynorm_classify_unmatched('matched', passthrough=carried) }}
 
 ),
 
 normalized as (
 
     select
-        s.lake_key, s.load_seq, c.outcome, c.invalid_reason as reason,
+        c.lake_key, c.load_seq, c.outcome, c.invalid_reason as reason,
         c.mapping_id, c.rule_hash, null::text as llm_shape_status, c.normalizer, c.llm_model,
         c.provider, c.transaction_id, c.merchant_id, c.merchant_name, c.merchant_country,
         c.event_type, c.status, c.provider_status_raw, c.decline_category, c.response_code_raw,
         c.error_message, c.amount_minor, c.currency, c.currency_exponent, c.amount, c.amount_raw,
         c.payment_method, c.card_network, c.issuer_country, c.latency_ms,
-        coalesce(c.event_at_parsed, s.row_created_at, s.committed_at) as event_at,
-        c.is_test
+        -- the lake row's created_at (stg_lake__transactions.row_created_at) is parsed only when the
+        -- payload gives no event time: parsing costs a subtransaction per row
+        coalesce(
+            c.event_at_parsed,
+            {{ adapter.quote(var('paynorm_schema')) }}.try_timestamptz(c.row_created_at_text),
+            c.committed_at
+        ) as event_at,
+        c.is_test,
+        {%- for col in carried %}
+        c.{{ col }}{{ ',' if not loop.last }}
+        {%- endfor %}
     from converted as c
-    inner join staged as s on s.lake_key = c.lake_key
 
     union all
 
@@ -105,7 +140,10 @@ normalized as (
         null, null, null, null, null, null,
         null, null, null, null,
         null,
-        null
+        null,
+        {%- for col in carried %}
+        u.{{ col }}{{ ',' if not loop.last }}
+        {%- endfor %}
     from unmatched as u
 
     union all
@@ -118,7 +156,10 @@ normalized as (
         null, null, null, null, null, null,
         null, null, null, null,
         null,
-        null
+        null,
+        {%- for col in carried %}
+        s.{{ col }}{{ ',' if not loop.last }}
+        {%- endfor %}
     from staged as s
     where s.is_deleted
 
@@ -128,16 +169,9 @@ final as (
 
     select
         n.*,
-        s.payload_format as source_format,
-        s.shape_key,
-        s.lake_lsn,
-        s.committed_at,
-        s.loaded_at as ingested_at,
-        left(coalesce(s.payload::text, s.raw_payload::text, ''), {{ var('payload_excerpt_chars') }}) as payload_excerpt,
         {{ paynorm_sql_string(ruleset_hash) }}::text as ruleset_hash,
         now() as normalized_at
     from normalized as n
-    inner join staged as s on s.lake_key = n.lake_key
 
 )
 

@@ -36,6 +36,7 @@ renamed as (
         {{ adapter.quote(var('paynorm_schema')) }}.try_timestamptz(
             row_data ->> {{ paynorm_sql_string(var('created_at_column')) }}
         ) as row_created_at,
+        row_data ->> {{ paynorm_sql_string(var('created_at_column')) }} as row_created_at_text,
 
         -- landing metadata
         op,
