@@ -151,6 +151,18 @@ def text_select_list(table: LakeTable) -> sql.Composable:
     return sql.SQL(", ").join(keys + cols)
 
 
+#: Alias of the lake table in keyset queries. ORDER BY and WHERE must name the table's columns
+#: through it: the select list outputs every column as text under its own name, and an unqualified
+#: ORDER BY name means the OUTPUT column — the text — which sorted integer keys as "10" < "9" (rows
+#: skipped by the next keyset page) and sorted the whole table at every page.
+KEYSET_ALIAS = "_lake"
+
+
+def keyset_columns(table: LakeTable, *columns: str) -> list[sql.Composable]:
+    """``_lake.<column>`` for each of ``columns`` (the primary key when none is given)."""
+    return [sql.Identifier(KEYSET_ALIAS, c) for c in (columns or table.pk)]
+
+
 def pk_params(table: LakeTable) -> sql.Composable:
     """Placeholders for a primary key value given as text, cast back to the key's types (keysets)."""
     return sql.SQL(", ").join(sql.SQL("%s::{}").format(sql.Identifier(nsp, typ)) for nsp, typ in table.pk_types)

@@ -82,17 +82,19 @@ class Poller:
 
     def _page_query(self, has_cursor: bool) -> sql.Composed:
         t = self.table
-        pk = [sql.Identifier(c) for c in t.pk]
+        pk = lakemod.keyset_columns(t)
+        alias = sql.Identifier(lakemod.KEYSET_ALIAS)
         select = sql.SQL("select {}").format(lakemod.text_select_list(t))
         if self.mark_processed:
-            query = select + sql.SQL(" from {} where not processed").format(t.ident)
+            query = select + sql.SQL(" from {} as {} where not {}").format(
+                t.ident, alias, lakemod.keyset_columns(t, "processed")[0])
             if has_cursor:
                 query += sql.SQL(" and ({}) > ({})").format(sql.SQL(", ").join(pk), lakemod.pk_params(t))
             return query + sql.SQL(" order by {} limit %s").format(sql.SQL(", ").join(pk))
         assert self.ts_type is not None
-        ts = sql.Identifier(self.watermark_column)
+        ts = lakemod.keyset_columns(t, self.watermark_column)[0]
         ts_param = sql.SQL("%s::{}").format(sql.Identifier(*self.ts_type))
-        query = select + sql.SQL(", {}::text from {}").format(ts, t.ident)
+        query = select + sql.SQL(", {}::text from {} as {}").format(ts, t.ident, alias)
         if has_cursor:
             query += sql.SQL(" where ({}, {}) > ({}, {})").format(
                 ts, sql.SQL(", ").join(pk), ts_param, lakemod.pk_params(t))

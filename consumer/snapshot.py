@@ -22,7 +22,7 @@ from psycopg_pool import ConnectionPool
 
 from . import metrics
 from .cdc import Fence, ReplicationState, crashpoint
-from .lake import LakeTable, pk_params, rows_from_text, text_select_list
+from .lake import KEYSET_ALIAS, LakeTable, keyset_columns, pk_params, rows_from_text, text_select_list
 from .landing import LandingBatch, stage, tombstone_source, write_batch
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,9 @@ class Progress:
 
 
 def _select_chunk(table: LakeTable, has_cursor: bool) -> sql.Composed:
-    pk = [sql.Identifier(c) for c in table.pk]
-    query = sql.SQL("select {} from {}").format(text_select_list(table), table.ident)
+    pk = keyset_columns(table)
+    query = sql.SQL("select {} from {} as {}").format(text_select_list(table), table.ident,
+                                                       sql.Identifier(KEYSET_ALIAS))
     if has_cursor:
         query += sql.SQL(" where ({}) > ({})").format(sql.SQL(", ").join(pk), pk_params(table))
     return query + sql.SQL(" order by {} limit %s").format(sql.SQL(", ").join(pk))

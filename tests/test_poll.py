@@ -136,3 +136,21 @@ def test_a_table_without_a_watermark_column_is_refused_clearly(env: Env, missing
         lake.execute("grant select on public.nowm to lake_reader")
     with pytest.raises(PollError, match="no 'created_at' column"):
         poll(env.settings(table="public.nowm"), once=True)
+
+
+@pytest.mark.parametrize("mark_processed", [False, True])
+def test_integer_keys_poll_in_many_pages(env: Env, mark_processed: bool) -> None:
+    """Pages of 7 over 45 rows with one created_at and serial keys: every page must continue after
+    the previous one in key order (an ORDER BY on the text output sorted "10" before "9")."""
+    with env.lake_conn() as lake:
+        lake.execute("create table public.legacy (id serial primary key, transaction_data jsonb not null,"
+                     " source varchar(50), created_at timestamptz not null default now(),"
+                     " processed boolean not null default false)")
+        lake.execute("grant select, update on public.legacy to lake_reader")
+        lake.execute("insert into public.legacy (transaction_data, created_at) select jsonb_build_object('n', g),"
+                     " '2026-01-01T00:00:00Z' from generate_series(1, 45) g")
+    r = poll(env.settings(table="public.legacy", batch_size=7), once=True, mark_processed=mark_processed)
+    assert r.rows_written == 45
+    with env.wh_conn() as wh:
+        keys = sorted(int(k) for (k,) in wh.execute("select lake_key from raw.lake_transactions").fetchall())
+    assert keys == list(range(1, 46))

@@ -448,3 +448,18 @@ def test_message_parser_is_exact_for_tables_with_fractions() -> None:
         msg = b'{"value":' + number + b"}"
         assert str(parse_message(msg)["value"]) == number.decode()
         assert str(parse_message_fast(msg)["value"]) != number.decode()
+
+
+def test_integer_keys_snapshot_in_many_chunks(env: Env) -> None:
+    """Keyset pages must follow the key's own order: the select list outputs every column as text,
+    and an unqualified ORDER BY id sorted "10" before "9", so the next page (id > last) skipped rows."""
+    with env.lake_conn() as lake:
+        lake.execute("create table public.legacy (id serial primary key, transaction_data jsonb not null,"
+                     " source varchar(50), created_at timestamp default now())")
+        lake.execute("grant select on public.legacy to lake_reader")
+        lake.execute("insert into public.legacy (transaction_data) select jsonb_build_object('n', g)"
+                     " from generate_series(1, 45) g")
+    run_once(env, table="public.legacy", slot="legacy", snapshot_chunk=7)
+    with env.wh_conn() as wh:
+        keys = sorted(int(k) for (k,) in wh.execute("select lake_key from raw.lake_transactions").fetchall())
+    assert keys == list(range(1, 46))
