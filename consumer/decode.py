@@ -639,12 +639,14 @@ def _segment(key: object) -> str:
 _SUFFIXES: dict[type, str] = {kind: ":" + name for kind, name in _TYPE_NAMES.items()}
 
 
-def _collect_paths(obj: object, fmt: str | None) -> set[str]:
-    """Shape paths of ``obj``; with ``fmt`` set, refuse nesting deeper than MAX_DEPTH.
+def _collect_paths(obj: object, fmt: str) -> set[str]:
+    """Shape paths of a decoded ``obj`` of format ``fmt``; deeper than MAX_DEPTH is ``_Fail``.
 
-    Hot path (every row, ~25 nodes each): a recursive walk, its depth bounded by MAX_DEPTH (deeper
-    is ``_Fail`` with ``fmt``, ValueError without; ``_collect_paths_iterative`` has no limit), with the segment and ":type" strings looked up
-    in dictionaries and one concatenation per node.
+    Hot path (every row, ~25 nodes each): a recursive walk, its depth bounded by MAX_DEPTH, with the
+    segment and ":type" strings looked up in dictionaries and one concatenation per node. The two
+    walkers repeat their child dispatch on purpose: a shared helper would cost a call per node.
+    (``shape_paths``, for objects that did not come through decode, uses
+    ``_collect_paths_iterative``, which has no depth limit.)
     """
     paths: set[str] = set()
     if isinstance(obj, dict):
@@ -654,10 +656,8 @@ def _collect_paths(obj: object, fmt: str | None) -> set[str]:
     return paths
 
 
-def _refuse_depth(fmt: str | None) -> None:
-    if fmt is not None:
-        raise _Fail(fmt, _too_deep(fmt.upper()))
-    raise ValueError(f"nesting deeper than {MAX_DEPTH} levels")
+def _refuse_depth(fmt: str) -> None:
+    raise _Fail(fmt, _too_deep(fmt.upper()))
 
 
 def _suffix(value: object) -> str:
@@ -665,7 +665,7 @@ def _suffix(value: object) -> str:
 
 
 def _walk_object(node: dict[object, object], prefix: str, depth: int, add: Callable[[str], None],
-                 fmt: str | None) -> None:
+                 fmt: str) -> None:
     if depth > MAX_DEPTH:
         _refuse_depth(fmt)
     segments, suffixes = _SEGMENTS, _SUFFIXES
@@ -681,7 +681,7 @@ def _walk_object(node: dict[object, object], prefix: str, depth: int, add: Calla
 
 
 def _walk_items(items: list[object] | tuple[object, ...], path: str, depth: int, add: Callable[[str], None],
-                fmt: str | None) -> None:
+                fmt: str) -> None:
     if depth > MAX_DEPTH:
         _refuse_depth(fmt)
     suffixes = _SUFFIXES
