@@ -534,6 +534,47 @@ def summary(settings: Settings) -> None:
     click.echo(render_summary(settings.warehouse_dsn))
 
 
+@cli.command("eval")
+@click.argument("corpus", type=click.Path(dir_okay=False))
+@click.option("--with-llm", is_flag=True, help="Also run the LLM step (OPENAI_API_KEY, OPENAI_BASE_URL).")
+@click.option("--mappings-dir", type=click.Path(file_okay=False), default=None, envvar="PAYNORM_MAPPINGS_DIR",
+              help="Score these rule files instead of the built-in ones.")
+@click.option("--min-coverage", type=float, default=0.0, show_default=True,
+              help="Exit 1 when fewer records than this percentage are normalized.")
+@click.option("--min-status", type=float, default=0.0, show_default=True,
+              help="Exit 1 when fewer normalized statuses than this percentage are correct.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
+@click.option("--quiet", is_flag=True, help="Only the figures, not every wrong or unnormalized row.")
+@click.option("--keep", type=click.Path(file_okay=False), default=None,
+              help="Run the scratch cluster in this folder and keep it (for inspection).")
+@click.pass_obj
+def eval_cmd(settings: Settings, corpus: str, with_llm: bool, mappings_dir: str | None, min_coverage: float,
+             min_status: float, as_json: bool, quiet: bool, keep: str | None) -> None:
+    """Score the normalization against a labelled JSONL corpus, on scratch databases.
+
+    Exit 1 below --min-coverage / --min-status, on any wrong amount or currency, or on a lost row.
+
+    \b
+    Example:
+        paynorm eval ../shared/corpus/real_payloads.jsonl --min-coverage 95 --min-status 99
+    """
+    from . import evaluation
+
+    try:
+        report = evaluation.evaluate(corpus, with_llm=with_llm, mappings_dir=mappings_dir, work_dir=keep,
+                                     keep=keep is not None, settings=settings)
+    except evaluation.EvalError as e:
+        raise click.ClickException(str(e)) from e
+    failures = report.failures(min_coverage=min_coverage, min_status=min_status)
+    if as_json:
+        click.echo(json.dumps({**report.to_dict(), "failures": failures}, indent=2, default=str))
+    else:
+        click.echo(report.render(details=not quiet))
+        for f in failures:
+            click.echo(f"FAIL: {f}")
+    sys.exit(1 if failures else 0)
+
+
 # -- files source (issue 6) -----------------------------------------------------------------------
 
 

@@ -161,10 +161,12 @@ class Pipeline:
 
     def _dbt(self, select: list[str], extra: list[str], sync_rules: bool) -> Callable[[], tuple[int | None, str]]:
         def run() -> tuple[int | None, str]:
+            from .mappings import DEFAULT_DIR
             from .transform import transform
 
             r = transform(self.settings.warehouse_dsn, home=self.settings.home, select=select, extra_args=extra,
-                          sync_rules=sync_rules, project_dir=self.settings.dbt_project_dir or None, quiet=True)
+                          sync_rules=sync_rules, project_dir=self.settings.dbt_project_dir or None, quiet=True,
+                          mappings_dir=self.settings.mappings_dir or DEFAULT_DIR)
             if not r.success:
                 raise StageFailed(r.summary().replace("\n", " | "))
             rows = sum(n.rows_affected or 0 for n in r.nodes)

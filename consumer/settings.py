@@ -116,6 +116,8 @@ class Settings:
     # -- the pipeline (`paynorm run`, consumer/pipeline.py) --
     # dbt project to build; empty = the one shipped in this repository (your own fork of the models works too).
     dbt_project_dir: str = field(default_factory=lambda: os.environ.get("PAYNORM_DBT_PROJECT_DIR", ""))
+    # Folder of mapping rule files synced before each build; empty = the built-in rules.
+    mappings_dir: str = field(default_factory=lambda: os.environ.get("PAYNORM_MAPPINGS_DIR", ""))
 
     @property
     def table_parts(self) -> tuple[str, str]:
