@@ -8,7 +8,10 @@ its :func:`shape_key` — the unit the mapping rules and the LLM step work on.
 Guarantees (the consumer relies on them, it never checks again):
 
 * never raises on a payload: every failure becomes ``decode_error`` and the row stays visible;
-* never expands XML entities, never reads files or the network: DOCTYPE/ENTITY are refused;
+* never expands XML entities, never reads files or the network: an internal DTD subset, entity
+  declarations and entity references are refused; a bare DOCTYPE naming an external DTD
+  (Worldpay's ``<!DOCTYPE paymentService PUBLIC ... "http://dtd.worldpay.com/...">``) is accepted
+  and never loaded;
 * never turns a number into a float: a JSON object's text is passed through untouched;
 * the payload text is always accepted by PostgreSQL ``jsonb``: no ``\\u0000``, no lone UTF-16
   surrogates, no NaN/Infinity, numbers within the range of ``numeric``;
@@ -81,6 +84,14 @@ _BAD_ESCAPE = re.compile(
 )
 _XML_DECLARATION = re.compile(r"\A<\?xml\b[^>]*\?>")
 _DTD_DECLARATION = re.compile(r"<!\s*(?:DOCTYPE|ENTITY|ELEMENT|ATTLIST|NOTATION)\b", re.IGNORECASE)
+# A DOCTYPE that only names an external DTD (never loaded: load_dtd=False, no_network=True).
+_EXTERNAL_DOCTYPE = re.compile(
+    r"<!DOCTYPE\s+[\w.:-]+(?:\s+(?:PUBLIC\s+(?:\"[^\"<>\[\]]*\"|'[^'<>\[\]]*')\s+|SYSTEM\s+)"
+    r"(?:\"[^\"<>\[\]]*\"|'[^'<>\[\]]*'))?\s*>"
+)
+# After the root element: whitespace, or a few stray characters that are not markup (a trailing
+# quote left by a copy), which say nothing about the document.
+_XML_TRAILER = re.compile(r"[^<>&]{0,8}\Z")
 _NVP_KEY = re.compile(r"[^\W\d][\w.\-\[\]]*\Z")
 _CSV_HEADER_FIELD = re.compile(r"\w[\w .\-/#()%]*\Z")
 _PLAIN_KEY = re.compile(r"[^.\[\]:\"\\\s]+\Z")
@@ -219,12 +230,19 @@ def _decode_text(s: str, notes: list[str], nesting: int) -> _Result:
             if isinstance(value, str):
                 notes.extend(local)
                 return _decode_text(value, notes, nesting + 1)
+    if text.startswith("--"):
+        form = _parse_multipart(text)
+        if form is not None:
+            return _built("nvp", form, notes)
     pairs = _parse_nvp(text)
     if pairs is not None:
         return _built("nvp", pairs, notes)
     table = _parse_csv(text)
     if table is not None:
         return _built("csv", table, notes)
+    records = _parse_delimited(text)
+    if records is not None:
+        return _built("csv", records, notes)
     return _built("text", {"text": text[:MAX_TEXT_CHARS]}, notes)
 
 
@@ -418,16 +436,30 @@ def _xml_parser() -> etree.XMLParser:
 
 def _parse_xml(text: str) -> dict[str, object]:
     """Parse XML with every DTD feature refused, and convert it to a JSON-ready object."""
-    if "<!" in text and _DTD_DECLARATION.search(text):
-        raise _Fail("xml", "XML: DOCTYPE/entity declarations refused")
     body = _XML_DECLARATION.sub("", text, count=1)  # lxml refuses str input with an encoding
+    if "<!" in body:
+        body = _EXTERNAL_DOCTYPE.sub("", body, count=1)
+        if _DTD_DECLARATION.search(body):
+            raise _Fail("xml", "XML: DOCTYPE/entity declarations refused")
     try:
-        root = etree.fromstring(body, _xml_parser())
+        root = _parse_root(body)
     except (etree.XMLSyntaxError, ValueError) as exc:
         raise _Fail("xml", f"XML: {exc}") from None
     if root.getroottree().docinfo.internalDTD is not None:  # belt and braces
         raise _Fail("xml", "XML: DOCTYPE/entity declarations refused")
     return _xml_to_object(root)
+
+
+def _parse_root(body: str) -> etree._Element:
+    """The root element; a document followed by a few stray non-markup characters (Realex test
+    replies end with a lone ``"``) is read without them, anything else after the root is an error."""
+    try:
+        return etree.fromstring(body, _xml_parser())
+    except etree.XMLSyntaxError as exc:
+        end = body.rfind(">") + 1
+        if "Extra content at the end" not in str(exc) or not end or not _XML_TRAILER.match(body, end):
+            raise
+        return etree.fromstring(body[:end], _xml_parser())
 
 
 def _xml_to_object(root: etree._Element) -> dict[str, object]:
@@ -445,6 +477,8 @@ def _xml_to_object(root: etree._Element) -> dict[str, object]:
         if depth > MAX_DEPTH:
             raise _Fail("xml", _too_deep("XML"))
         children = [child for child in element if isinstance(child.tag, str)]
+        if len(children) != len(element) and any(child.tag is etree.Entity for child in element):
+            raise _Fail("xml", "XML: entity references refused")
         attributes: dict[str, object] = {
             "@" + _local_name(name): value for name, value in element.attrib.items()
         }
@@ -550,12 +584,14 @@ def _parse_csv(text: str) -> dict[str, object] | None:
     chosen = _csv_dialect(text)
     if chosen is None:
         return None
-    delimiter, header = chosen
+    delimiter, header, trailing = chosen
     rows: list[dict[str, object]] = []
     try:
         for number, record in enumerate(_csv_records(text, delimiter), start=1):
             if number == 1:
                 continue
+            if trailing and len(record) == len(header) + 1 and record[-1] == "":
+                record = record[:-1]
             if len(record) != len(header):
                 raise _Fail(
                     "csv", f"CSV: row {number} has {len(record)} fields, header has {len(header)}"
@@ -566,10 +602,12 @@ def _parse_csv(text: str) -> dict[str, object] | None:
     return rows[0] if len(rows) == 1 else {"rows": rows}
 
 
-def _csv_dialect(text: str) -> tuple[str, list[str]] | None:
-    """The delimiter whose header (name-like, unique fields) matches the first row; widest wins."""
+def _csv_dialect(text: str) -> tuple[str, list[str], bool] | None:
+    """The delimiter whose header (name-like, unique fields) matches the first row; widest wins.
+    The third item says every line ends with the delimiter (SkipJack): that empty last field is
+    not a column."""
     first_line = text.partition("\n")[0]
-    best: tuple[str, list[str]] | None = None
+    best: tuple[str, list[str], bool] | None = None
     for delimiter in _CSV_DELIMITERS:
         if delimiter not in first_line:
             continue
@@ -579,13 +617,80 @@ def _csv_dialect(text: str) -> tuple[str, list[str]] | None:
             first = next(records, None)
         except csv.Error:
             continue
+        trailing = len(header) > 2 and header[-1] == "" and first is not None and first[-1:] == [""]
+        if trailing:
+            header, first = header[:-1], first[:-1]  # type: ignore[index]
         if first is None or len(header) < 2 or len(first) != len(header):
             continue
         if len(set(header)) != len(header) or not all(_is_header_field(f) for f in header):
             continue
         if best is None or len(header) > len(best[1]):
-            best = (delimiter, header)
+            best = (delimiter, header, trailing)
     return best
+
+
+_ENCAPSULATORS = ("$", '"', "|")
+_MIN_DELIMITED_FIELDS = 3
+_MAX_DELIMITED_LINES = 1000
+
+
+def _delimited_line(enc: str, delimiter: str) -> re.Pattern[str]:
+    e, d = re.escape(enc), re.escape(delimiter)
+    inner = '(?:[^"]|"")*' if enc == '"' else f"[^{e}]*"
+    field = f"{e}{inner}{e}"
+    return re.compile(rf"[ \t]*{field}(?:[ \t]*{d}[ \t]*{field})*[ \t]*{d}?[ \t\r]*\Z")
+
+
+_DELIMITED_LINES = {(e, d): _delimited_line(e, d) for e in _ENCAPSULATORS for d in _CSV_DELIMITERS if e != d}
+
+
+def _parse_delimited(text: str) -> dict[str, object] | None:
+    """A delimited reply without a header line, every field encapsulated by one character
+    (Authorize.Net AIM ``$1$,$1$,$1$,$This transaction has been approved.$,...``, SkipJack's
+    change-status reply): ``{"records": [[field, ...], ...]}``, one array per line, fields as
+    strings in their order (providers document these replies by field position). None otherwise."""
+    lines = [line for line in text.split("\n") if line.strip(_WS)]
+    if not lines or len(lines) > _MAX_DELIMITED_LINES or lines[0].lstrip(" \t")[:1] not in _ENCAPSULATORS:
+        return None
+    for (enc, delimiter), pattern in _DELIMITED_LINES.items():
+        if not all(pattern.match(line) for line in lines):
+            continue
+        records: list[list[str]] = []
+        for line in lines:
+            line = line.strip(_WS)
+            fields = next(csv.reader([line], delimiter=delimiter, quotechar=enc, skipinitialspace=True))
+            if line.endswith(delimiter) and fields and fields[-1] == "":
+                fields = fields[:-1]
+            records.append(fields)
+        if len(records[0]) >= _MIN_DELIMITED_FIELDS:
+            return {"records": records}
+    return None
+
+
+_MULTIPART_PART = re.compile(
+    r'\A\r?\nContent-Disposition:[ \t]*form-data;[ \t]*name="([^"\r\n]{1,128})"[^\r\n]*\r?\n'
+    r"(?:[\w-]{1,64}:[^\r\n]*\r?\n)*\r?\n(.*?)\r?\n\Z",
+    re.DOTALL | re.IGNORECASE,
+)
+
+
+def _parse_multipart(text: str) -> dict[str, object] | None:
+    """A multipart/form-data body (``--boundary`` lines, one ``form-data; name="..."`` part
+    each; QuickPay callbacks): the parts as name -> value. None if it is not one."""
+    boundary, newline, _ = text.partition("\n")
+    boundary = boundary.rstrip("\r")
+    if not newline or not 3 <= len(boundary) <= 200 or " " in boundary:
+        return None
+    parts = text.split(boundary)
+    if parts[0].strip(_WS) or parts[-1].strip(_WS) not in ("--", ""):
+        return None
+    form: dict[str, object] = {}
+    for part in parts[1:-1]:
+        match = _MULTIPART_PART.match(part)
+        if match is None:
+            return None
+        _add(form, match.group(1), match.group(2))
+    return form or None
 
 
 def _csv_records(text: str, delimiter: str) -> Iterator[list[str]]:

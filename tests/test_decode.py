@@ -256,6 +256,31 @@ def test_undeclared_entity_is_not_resolved() -> None:
     assert result.payload is None and result.decode_error.startswith("XML: ")
 
 
+def test_external_doctype_is_accepted_and_never_loaded() -> None:
+    """Worldpay replies name their DTD by URL: the document is read, the DTD never fetched."""
+    xml = ('<?xml version="1.0" encoding="UTF-8"?>\n<!DOCTYPE paymentService PUBLIC '
+           '"-//WorldPay//DTD WorldPay PaymentService v1//EN"\n  "http://dtd.worldpay.com/paymentService_v1.dtd">\n'
+           '<paymentService version="1.4"><reply><ok/></reply></paymentService>')
+    result = decode_payload(xml, is_json=False)
+    assert payload_of(result) == {"paymentService": {"@version": "1.4", "reply": {"ok": None}}}
+
+
+def test_external_doctype_cannot_smuggle_an_entity() -> None:
+    """With a DOCTYPE lxml would keep an undeclared entity as a node: it is refused, never dropped."""
+    for xml in ('<!DOCTYPE x SYSTEM "file:///etc/passwd"><x>&e;</x>',
+                '<!DOCTYPE x SYSTEM "http://127.0.0.1:9/x.dtd"><x><y>&e;</y></x>'):
+        result = decode_payload(xml, is_json=False)
+        assert result.payload is None and result.decode_error.startswith("XML: "), result
+
+
+def test_stray_characters_after_the_root_are_ignored_markup_is_not() -> None:
+    """A lone quote after </response> (Realex test replies) is not part of the document; a
+    second element is."""
+    assert payload_of(decode_payload('<response><result>00</result></response>"', is_json=False)) == {
+        "response": {"result": "00"}}
+    assert decode_payload("<a>1</a><b>2</b>", is_json=False).decode_error.startswith("XML: Extra content")
+
+
 def test_unterminated_xml_is_an_error() -> None:
     """Truncated XML lands with an XML error and no payload."""
     result = decode_payload("<Tx><Val>129.97</Val>", is_json=False)
@@ -339,12 +364,48 @@ def test_nvp_inside_a_jsonb_string() -> None:
     assert payload_of(result) == {"response": "1", "responsetext": "SUCCESS"}
 
 
-def test_authorize_net_delimited_reply_without_header_is_text() -> None:
-    """A headerless one-line delimited reply is not CSV: it lands as text for a rule or the LLM."""
+def test_unencapsulated_one_line_delimited_text_stays_text() -> None:
+    """A comma-separated line without encapsulation is not told apart from prose: it stays text."""
     reply = "1,1,1,This transaction has been approved.,A1B2C3,Y,2149186775,,,1.00,CC,auth_capture"
     result = decode_payload(reply, is_json=False)
     assert (result.payload_format, result.decode_error) == ("text", None)
     assert payload_of(result) == {"text": reply}
+
+
+def test_headerless_encapsulated_reply_is_positional_csv() -> None:
+    """Authorize.Net AIM's `$`-encapsulated reply has no header: its fields land by position,
+    whatever wrapper holds it (bare string, {"raw": ...}, {"format": "csv", "payload": ...})."""
+    reply = "$1$,$1$,$1$,$This transaction has been approved.$,$advE7f$,$Y$,$508141794$,$$,$1.00$"
+    expected = {"records": [["1", "1", "1", "This transaction has been approved.", "advE7f", "Y", "508141794",
+                             "", "1.00"]]}
+    for raw in (json.dumps(reply), json.dumps({"raw": reply}), json.dumps({"format": "csv", "payload": reply})):
+        result = decode_payload(raw, is_json=True)
+        assert (result.payload_format, result.decode_error, payload_of(result)) == ("csv", None, expected)
+
+
+def test_headerless_quoted_lines_of_different_lengths() -> None:
+    """SkipJack's change-status reply: two quoted lines without a header, one record each."""
+    reply = '"000386891209","0","1","" \n"000386891209","1.0000","SETTLE","SUCCESSFUL"'
+    result = decode_payload(reply, is_json=False)
+    assert payload_of(result) == {"records": [["000386891209", "0", "1", ""],
+                                              ["000386891209", "1.0000", "SETTLE", "SUCCESSFUL"]]}
+
+
+def test_csv_lines_ending_with_the_delimiter() -> None:
+    """A header and rows that all end with a comma (SkipJack AuthorizeAPI): no empty column."""
+    result = decode_payload('"AUTHCODE","szIsApproved","szReturnCode",\n"093223","1","1",', is_json=False)
+    assert (result.payload_format, payload_of(result)) == (
+        "csv", {"AUTHCODE": "093223", "szIsApproved": "1", "szReturnCode": "1"})
+
+
+def test_multipart_form_data_is_name_value_pairs() -> None:
+    """A multipart/form-data callback (QuickPay) becomes its parts, name -> value."""
+    b = "------------------------------8a827a0e6829"
+    body = (f'{b}\nContent-Disposition: form-data; name="msgtype"\n\nauthorize\n'
+            f'{b}\nContent-Disposition: form-data; name="amount"\n\n123\n{b}--\n')
+    result = decode_payload(json.dumps({"raw": body}), is_json=True)
+    assert (result.payload_format, payload_of(result)) == ("nvp", {"msgtype": "authorize", "amount": "123"})
+    assert decode_payload(f"{b}\nnot a part\n{b}--", is_json=False).payload_format == "text"
 
 
 def test_free_text_is_kept_truncated() -> None:
