@@ -1,6 +1,6 @@
 """A realistic generated lake for `make demo` and the benchmarks (`paynorm demo --generate N`).
 
-Payload templates are the built-in rules' own fixtures (tests/fixtures/providers: one source of
+Payload templates are the built-in rules' own fixtures (mappings/fixtures: one source of
 truth for "what a provider sends"), varied per record (ids, amounts, merchants, times) and drawn
 with a realistic outcome mix. Three shapes no rule knows (one JSON, one XML, one CSV) and a few
 broken payloads are mixed in, so the LLM step and the quarantine have something to show.
@@ -24,7 +24,7 @@ import psycopg
 from .jsonutil import dumps_exact, loads_exact
 from .samples import MERCHANTS as BRIEF_MERCHANTS
 
-FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "providers"
+FIXTURES = Path(__file__).resolve().parent.parent / "mappings" / "fixtures"
 
 MERCHANTS = BRIEF_MERCHANTS + [
     {"id": "5b0c3f7e-1c55-4a4e-9a0e-3f1d2c4b5a61", "name": "Rappi", "country": "CO"},

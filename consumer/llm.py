@@ -1393,5 +1393,5 @@ def export_yaml(conn: psycopg.Connection, rule_id: str) -> str:
     if row["origin"] == "llm":
         head.append(f"# proposed by {row['model']} (prompt {row['prompt_hash']}) for shape {v.get('shape_key')}; "
                     f"validated on {v.get('rows')} row(s)")
-    head.append("# add a fixture tests/fixtures/providers/<id>__<case>.json before committing (see mappings/README.md)")
+    head.append("# add a fixture mappings/fixtures/<id>__<case>.json before committing (see mappings/README.md)")
     return "\n".join(head) + "\n" + mappings.rule_to_yaml(rule)

@@ -10,6 +10,8 @@ Every function that needs the database takes an open psycopg connection; nothing
 
 from __future__ import annotations
 
+import csv
+import functools
 import hashlib
 import json
 import logging
@@ -26,6 +28,8 @@ log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DIR = REPO_ROOT / "mappings"
 SCHEMA_PATH = DEFAULT_DIR / "schema.json"
+CONVENTIONS_PATH = REPO_ROOT / "seeds" / "provider_amount_conventions.csv"
+FIXTURES_SUBDIR = "fixtures"
 
 CANONICAL_RULE_FIELDS = (
     "transaction_id", "merchant_id", "merchant_name", "merchant_country", "event_type", "status",
@@ -201,11 +205,75 @@ def collect_regexes(rule: dict[str, Any]) -> list[tuple[str, str]]:
             if isinstance(s, dict) and isinstance(s.get("regex"), str)]
 
 
+@dataclass(frozen=True)
+class Convention:
+    """How a provider (API family) writes amounts: seeds/provider_amount_conventions.csv."""
+
+    unit: str
+    source: str
+
+
+@functools.lru_cache(maxsize=4)
+def _read_conventions(path: str) -> dict[tuple[str, str], Convention]:
+    out: dict[tuple[str, str], Convention] = {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            if row["currency"] == "*":
+                out[(row["provider"], row["api"])] = Convention(row["unit"], row["source"])
+    return out
+
+
+def amount_conventions(path: str | Path = CONVENTIONS_PATH) -> dict[tuple[str, str], Convention]:
+    """(provider, api) -> default amount convention; api ``*`` covers every API family."""
+    return _read_conventions(str(path))
+
+
+def convention_for(provider: str, api: str | None = None) -> Convention | None:
+    """The convention a rule for ``provider`` (and ``api``) must follow, or None if none is known."""
+    conv = amount_conventions()
+    return conv.get((provider, api or "*")) or conv.get((provider, "*"))
+
+
+def check_money(rule: dict[str, Any]) -> list[str]:
+    """The money-safety policy (mappings/README.md, "Money"): an amount is read under its
+    provider's documented convention, currencies are read from the payload, never produced."""
+    errors: list[str] = []
+    fields = rule.get("fields") or {}
+    prov = rule.get("provider") if isinstance(rule.get("provider"), dict) else {}
+    const = prov.get("const")
+    api = rule.get("api")
+    if api is not None and const and (const, api) not in amount_conventions():
+        errors.append(f"api: no convention for provider {const!r} API {api!r} in seeds/provider_amount_conventions.csv")
+    amount = fields.get("amount")
+    if isinstance(amount, dict) and amount.get("unit") in ("minor", "major"):
+        unit = amount["unit"]
+        if not const:
+            if unit != "major":
+                errors.append("fields.amount: a rule that does not fix its provider (provider.path/row_path) cannot "
+                              "read minor units: whose exponent would it be? (only major amounts written with a "
+                              "decimal point are read for such rules)")
+        else:
+            conv = convention_for(const, api)
+            if conv is not None and conv.unit != unit:
+                errors.append(f"fields.amount: unit {unit} contradicts {const}'s amount convention ({conv.unit}, "
+                              f"seeds/provider_amount_conventions.csv: {conv.source})")
+            elif conv is None and unit != "major":
+                errors.append(f"fields.amount: provider {const!r} has no amount convention in "
+                              f"seeds/provider_amount_conventions.csv: add it with its source, or read major units "
+                              f"(then only values written with a decimal point are read)")
+    currency = fields.get("currency")
+    if isinstance(currency, dict) and any(k in currency for k in ("const", "map", "cases")):
+        errors.append("fields.currency: a currency is read from the payload (path or row_path), never produced "
+                      "by const, map or cases")
+    return errors
+
+
 def validate_rule(rule: dict[str, Any], conn: psycopg.Connection | None = None) -> list[str]:
     """Problems of one rule (empty list = valid).
 
-    Without a connection: JSON Schema, canonical field names, enum values. With one, also: every
-    jsonpath compiles in PostgreSQL, `match`/`when` are filter expressions, regexes compile.
+    Without a connection: JSON Schema, canonical field names, enum values, the money policy
+    (:func:`check_money`). With one, also: every jsonpath compiles in PostgreSQL, `match`/`when`
+    are filter expressions, regexes compile.
     """
     errors: list[str] = []
     fields = rule.get("fields")
@@ -219,6 +287,8 @@ def validate_rule(rule: dict[str, Any], conn: psycopg.Connection | None = None) 
         if msg.startswith("fields: Additional properties") and any(e.startswith("fields/") for e in errors):
             continue  # already reported above, with the list of canonical fields
         errors.append(msg)
+    if not errors:
+        errors.extend(check_money(rule))
     if conn is not None and not errors:
         errors.extend(check_sql(rule, conn))
     return errors
@@ -249,12 +319,90 @@ def check_sql(rule: dict[str, Any], conn: psycopg.Connection) -> list[str]:
     return errors
 
 
-def validate_files(directory: str | Path = DEFAULT_DIR,
-                   conn: psycopg.Connection | None = None) -> dict[str, list[str]]:
-    """Problems per rule file of ``directory`` (key: file name); only files with problems appear."""
+def load_fixtures(directory: str | Path = DEFAULT_DIR) -> dict[str, dict[str, Any]]:
+    """The rules' fixtures, ``<directory>/fixtures/<rule id>__<case>.json``, by file stem."""
+    d = Path(directory) / FIXTURES_SUBDIR
+    out: dict[str, dict[str, Any]] = {}
+    for p in sorted(d.glob("*.json")) if d.is_dir() else []:
+        try:
+            out[p.stem] = json.loads(p.read_text())
+        except ValueError as e:
+            raise MappingError(f"{p}: not JSON: {e}") from e
+    return out
+
+
+def _fixture_payload(fixture: dict[str, Any]) -> tuple[str | None, str]:
+    from .decode import decode_payload
+
+    dec = decode_payload(json.dumps(fixture.get("raw")), is_json=True)
+    return (dec.payload if dec.decode_error is None else None), dec.payload_format
+
+
+def fixture_overlaps(rules: list[dict[str, Any]], fixtures: dict[str, dict[str, Any]],
+                     conn: psycopg.Connection) -> dict[str, list[str]]:
+    """Problems per rule id: a rule whose ``match`` captures a fixture of another rule (or one that
+    expects no rule) without a lower priority saying it yields. Evaluated in PostgreSQL with the
+    same ``jsonb_path_exists`` the models use, on the decoded fixtures."""
+    by_id = {str(r["id"]): r for r in rules}
+    names, payloads, fmts = [], [], []
+    for name, fx in fixtures.items():
+        payload, fmt = _fixture_payload(fx)
+        if payload is not None:
+            names.append(name)
+            payloads.append(payload)
+            fmts.append(fmt)
+    if not names or not by_id:
+        return {}
+    ids = list(by_id)
+    rows = conn.execute(
+        """
+        select f.name, r.id
+        from unnest(%s::text[], %s::jsonb[], %s::text[]) as f(name, payload, fmt)
+        cross join unnest(%s::text[], %s::text[], %s::text[]) as r(id, match, formats)
+        where f.fmt = any(string_to_array(r.formats, ','))
+          and jsonb_path_exists(f.payload, r.match::jsonpath, '{}'::jsonb, true)
+        """,
+        (names, payloads, fmts, ids, [str(by_id[i]["match"]) for i in ids],
+         [",".join(by_id[i].get("formats") or []) for i in ids]),
+    ).fetchall()
+    problems: dict[str, list[str]] = {}
+    for name, rid in rows:
+        own = (fixtures[name].get("expected") or {}).get("mapping_id")
+        if own == rid:
+            continue
+        rule = by_id[rid]
+        prio = int(rule.get("priority", 100))
+        if own is None:
+            msg = f"captures fixture {name}, which expects no rule to match it"
+        elif own not in by_id:
+            continue  # the fixture's rule is not part of this set (it is checked with its own)
+        else:
+            own_prio = int(by_id[own].get("priority", 100))
+            if prio < own_prio:
+                continue  # explicit intent: this rule yields to the fixture's own rule
+            verb = "captures" if (prio > own_prio or rid < own) else "also matches"
+            msg = (f"{verb} fixture {name} of rule {own} (priority {prio} vs {own_prio}): exclude that shape in "
+                   f"`match`, or give this rule a lower priority than {own} if it is meant to yield")
+        problems.setdefault(rid, []).append(msg)
+    return problems
+
+
+def validate_files(directory: str | Path = DEFAULT_DIR, conn: psycopg.Connection | None = None, *,
+                   require_fixtures: bool = True) -> dict[str, list[str]]:
+    """Problems per rule file of ``directory`` (key: file name); only files with problems appear.
+
+    Besides :func:`validate_rule` per file: ids unique and equal to the file name, every rule has a
+    fixture in ``<directory>/fixtures/`` (``require_fixtures``: `mappings validate` reports it,
+    `sync` does not refuse a rule for it), and (with a connection) no rule captures another rule's
+    fixtures (:func:`fixture_overlaps`).
+    """
     problems: dict[str, list[str]] = {}
     seen: dict[str, str] = {}
+    valid: dict[str, tuple[str, dict[str, Any]]] = {}
     d = Path(directory)
+    fixtures = load_fixtures(d)
+    with_fixture = {str((fx.get("expected") or {}).get("mapping_id")) for fx in fixtures.values()}
+    with_fixture |= {name.partition("__")[0] for name in fixtures}
     for p in sorted([*d.glob("*.yml"), *d.glob("*.yaml")]):
         try:
             rule = parse_rule(p.read_text(), name=p.name)
@@ -267,9 +415,17 @@ def validate_files(directory: str | Path = DEFAULT_DIR,
             errs.append(f"id {rid!r} differs from the file name {p.stem!r}")
         if rid in seen:
             errs.append(f"duplicate id {rid!r} (also in {seen[rid]})")
+        if require_fixtures and rid and rid not in with_fixture:
+            errs.append(f"no fixture: add {FIXTURES_SUBDIR}/{rid}__<case>.json (mappings/README.md, Fixtures)")
         seen.setdefault(rid, p.name)
         if errs:
             problems[p.name] = errs
+        else:
+            valid[rid] = (p.name, rule)
+    if conn is not None and valid:
+        overlaps = fixture_overlaps([rule for _, rule in valid.values()], fixtures, conn)
+        for rid, errs in overlaps.items():
+            problems.setdefault(valid[rid][0], []).extend(errs)
     return problems
 
 
@@ -350,7 +506,7 @@ def sync(conn: psycopg.Connection, directory: str | Path = DEFAULT_DIR, *, prune
     """
     ensure_schema(conn)
     result = SyncResult()
-    problems = validate_files(directory, conn)
+    problems = validate_files(directory, conn, require_fixtures=False)
     ids: set[str] = set()
     for p in sorted([*Path(directory).glob("*.yml"), *Path(directory).glob("*.yaml")]):
         if p.name in problems:

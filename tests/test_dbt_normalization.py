@@ -185,26 +185,29 @@ def test_new_rule_renormalizes_pending_rows(wh: Warehouse, tmp_path: Path) -> No
         # a new active rule for the shape: the quarantined row gets another chance
         rules_dir = tmp_path / "mappings"
         shutil.copytree(mappings.DEFAULT_DIR, rules_dir)
+        # the new rule is meant to capture the shape this fixture says no rule knows
+        (rules_dir / "fixtures" / f"{key}.json").unlink()
         (rules_dir / "test_foo_bar.yml").write_text(
             "id: test_foo_bar\n"
             "description: test-only rule for the {foo, bar} shape\n"
-            "provider: {const: acme}\n"
+            "provider: {const: stripe}\n"
             "formats: [json]\n"
             "match: '$ ? (exists(@.foo) && exists(@.bar.baz))'\n"
             "fields:\n"
             "  transaction_id: {path: '$.bar.baz'}\n"
             "  status: {const: approved}\n"
             "  amount: {path: '$.foo', unit: minor}\n"
-            "  currency: {const: '978'}\n"
+            "  currency: {path: '$.bar.currency'}\n"
         )
         try:
             res = wh.build(mappings_dir=rules_dir)
             assert res.success, res.summary()
             assert outcome_of(conn, key) == ("event", None, "test_foo_bar")
-            ev = rows(conn, f"select provider, transaction_id, amount, amount_minor, currency "
-                            f"from {MARTS}.normalized_payment_events where lake_key = %s", key)[0]
-            assert ev == {"provider": "acme", "transaction_id": "x", "amount": Decimal("0.01"), "amount_minor": 1,
-                          "currency": "EUR"}
+            ev = rows(conn, f"select provider, transaction_id, amount, amount_minor, currency, amount_raw, "
+                            f"amount_withheld_reason from {MARTS}.normalized_payment_events where lake_key = %s", key)[0]
+            # minor units without a currency: the event lands, its amount is withheld with the reason
+            assert ev == {"provider": "stripe", "transaction_id": "x", "amount": None, "amount_minor": None,
+                          "currency": None, "amount_raw": "1", "amount_withheld_reason": "no_currency"}
             # rows matched by unchanged rules were not re-normalized
             assert conn.execute(f"select count(*) from {MARTS}.normalized_payment_events").fetchone()[0] \
                 == events_before + 1

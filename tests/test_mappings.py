@@ -164,3 +164,74 @@ def test_ddl_is_idempotent(conn: psycopg.Connection) -> None:
     mappings.ensure_schema(conn)
     mappings.ensure_schema(conn)
     assert conn.execute("select paynorm.try_timestamptz('2024-02-30T10:00:00Z')").fetchone()[0] is None
+
+
+# -- money policy and fixture overlaps ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda r: r["fields"]["amount"].update(unit="major"), "unit major contradicts stripe's amount convention"),
+    (lambda r: r.update(provider={"const": "acmepay"}), "provider 'acmepay' has no amount convention"),
+    (lambda r: r.update(provider={"path": "$.psp"}), "cannot read minor units"),
+    (lambda r: r["fields"].update(currency={"const": "USD"}), "never produced by const, map or cases"),
+    (lambda r: r["fields"].update(currency={"path": "$.currency", "map": {"cop": "USD"}}), "never produced"),
+    (lambda r: r.update(api="rest_pl"), "no convention for provider 'stripe' API 'rest_pl'"),
+])
+def test_money_policy_refuses_with_reason(mutate, expected: str) -> None:
+    """Pure logic: an amount is read under its provider's documented convention, never guessed."""
+    r = stripe()
+    mutate(r)
+    errors = mappings.validate_rule(r)
+    assert errors and any(expected in e for e in errors), errors
+
+
+def test_money_policy_accepts_what_it_can_verify() -> None:
+    r = stripe()
+    assert mappings.check_money(r) == []
+    r.update(provider={"const": "payu"}, api="rest_pl")  # PayU Poland: minor units, unlike PayU Latam
+    assert mappings.check_money(r) == []
+    r.update(provider={"path": "$.psp"})  # an envelope naming its PSP: major only (read with a decimal point)
+    r.pop("api")
+    r["fields"]["amount"]["unit"] = "major"
+    assert mappings.check_money(r) == []
+
+
+def test_every_builtin_rule_with_an_amount_has_a_documented_convention() -> None:
+    """Built-in rules fix their provider, and the provider's convention is in the seed."""
+    missing = []
+    for rf in mappings.load_rule_files():
+        prov = rf.rule["provider"].get("const")
+        if "amount" in rf.rule["fields"] and prov and mappings.convention_for(prov, rf.rule.get("api")) is None:
+            missing.append(f"{rf.id} ({prov})")
+    assert not missing, missing
+
+
+def test_rule_without_fixture_is_reported(tmp_path: Path) -> None:
+    shutil.copy(mappings.DEFAULT_DIR / "stripe_charge.yml", tmp_path / "stripe_charge.yml")
+    problems = mappings.validate_files(tmp_path)
+    assert any("no fixture" in e for e in problems["stripe_charge.yml"]), problems
+    assert mappings.validate_files(tmp_path, require_fixtures=False) == {}
+
+
+def test_overlapping_hand_written_rule_is_refused(conn: psycopg.Connection, tmp_path: Path) -> None:
+    """A broad rule that would capture other rules' fixtures is refused by validate and by sync,
+    unless its priority says it yields."""
+    rules = tmp_path / "mappings"
+    shutil.copytree(mappings.DEFAULT_DIR, rules)
+    (rules / "greedy_amount.yml").write_text(
+        "id: greedy_amount\ndescription: anything with an amount\nprovider: {const: stripe}\nformats: [json]\n"
+        "match: '$ ? (exists(@.amount))'\npriority: 500\nfields:\n  status: {const: approved}\n"
+        "  amount: {path: '$.amount', unit: minor}\n  currency: {path: '$.currency'}\n")
+    (rules / "fixtures" / "greedy_amount__x.json").write_text(
+        '{"description": "x", "raw": {"amount": 1, "currency": "usd", "greedy": true},'
+        ' "expected": {"outcome": "event", "reason": null, "mapping_id": "greedy_amount"}}')
+    problems = mappings.validate_files(rules, conn=conn)
+    errs = problems.get("greedy_amount.yml", [])
+    assert any("captures fixture stripe_charge__" in e for e in errs), problems
+    res = mappings.sync(conn, rules)
+    assert "greedy_amount" in res.refused
+    # the same rule yielding to every other rule (lowest priority) is an explicit intent: accepted
+    (rules / "greedy_amount.yml").write_text((rules / "greedy_amount.yml").read_text().replace("priority: 500",
+                                                                                            "priority: 0"))
+    assert "greedy_amount.yml" not in mappings.validate_files(rules, conn=conn)
+    conn.execute("delete from paynorm.mappings where id = 'greedy_amount'")

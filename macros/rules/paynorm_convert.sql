@@ -1,7 +1,9 @@
 {#- Generic conversions of extracted rows (relation = output of paynorm_extract, or a mock of it):
-    amount units and exponents (provider deviations, then ISO 4217), currency alpha/numeric, country
-    alpha-2/alpha-3/numeric, status vocabulary, decline-code seed, timestamps, string booleans,
-    latency. Adds `invalid_reason` (unmapped_status | bad_amount | unknown_currency) and `outcome`
+    amount units and exponents (the provider's amount convention, then ISO 4217), currency
+    alpha/numeric, country alpha-2/alpha-3/numeric, status / card network / payment method
+    vocabularies, decline-code seed, timestamps, string booleans, latency. Adds `invalid_reason`
+    (unmapped_status | bad_amount | unknown_currency), `amount_withheld_reason` (no_currency |
+    unit_unverified | unit_conflict: the event lands, its amount is not read) and `outcome`
     (event | quarantine). Money stays numeric: no float anywhere. `passthrough`: columns of
     `relation` carried along unchanged at the end.
     Each step below ends with `offset 0`, a planner fence: without it PostgreSQL pulls the steps up
@@ -53,6 +55,8 @@ prepared as (
             else upper(btrim(e.merchant_country_text))
         end as merchant_country_key,
         lower(btrim(e.status_token)) as status_key,
+        nullif(btrim(regexp_replace(lower(btrim(e.card_network)), '[^a-z0-9]+', '_', 'g'), '_'), '') as card_network_key,
+        nullif(btrim(regexp_replace(lower(btrim(e.payment_method)), '[^a-z0-9]+', '_', 'g'), '_'), '') as payment_method_key,
         coalesce(e.decline_code, e.response_code_raw) as decline_lookup_code,
         lower(btrim(e.is_test_text)) as is_test_key,
         btrim(e.event_at_text) as event_at_clean,
@@ -66,7 +70,10 @@ looked_up as (
         p.*,
         cur.currency as currency_iso,
         cur.exponent as iso_exponent,
-        pce.exponent as provider_exponent,
+        coalesce(pce_api.exponent, pce.exponent) as provider_exponent,
+        coalesce(conv_api.unit, conv.unit) as convention_unit,
+        coalesce(cnp.card_network, cng.card_network) as card_network_vocabulary,
+        coalesce(pmp.payment_method, pmg.payment_method) as payment_method_vocabulary,
         ic.alpha2 as issuer_country_iso,
         mc.alpha2 as merchant_country_iso,
         coalesce(svp.status, svg.status) as status_vocabulary,
@@ -77,8 +84,23 @@ looked_up as (
     from prepared as p
     left join currency_codes as cur
         on cur.code = p.currency_key
-    left join {{ ref('provider_currency_exponents') }} as pce
-        on pce.provider = p.provider and pce.currency = cur.currency
+    left join {{ ref('provider_amount_conventions') }} as pce
+        on pce.provider = p.provider and pce.api = '*' and pce.currency = cur.currency
+    left join {{ ref('provider_amount_conventions') }} as pce_api
+        on pce_api.provider = p.provider and pce_api.api = p.api and p.api <> '*' and pce_api.currency = cur.currency
+    left join {{ ref('provider_amount_conventions') }} as conv
+        on p.amount_provider_fixed and conv.provider = p.provider and conv.api = '*' and conv.currency = '*'
+    left join {{ ref('provider_amount_conventions') }} as conv_api
+        on p.amount_provider_fixed and conv_api.provider = p.provider and conv_api.api = p.api and p.api <> '*'
+        and conv_api.currency = '*'
+    left join {{ ref('card_networks') }} as cnp
+        on cnp.provider = p.provider and cnp.token = p.card_network_key
+    left join {{ ref('card_networks') }} as cng
+        on cng.provider = '*' and cng.token = p.card_network_key
+    left join {{ ref('payment_methods') }} as pmp
+        on pmp.provider = p.provider and pmp.token = p.payment_method_key
+    left join {{ ref('payment_methods') }} as pmg
+        on pmg.provider = '*' and pmg.token = p.payment_method_key
     left join country_codes as ic
         on ic.code = p.issuer_country_key
         and (p.issuer_country_mode = 'auto' or ic.kind = p.issuer_country_mode)
@@ -120,6 +142,21 @@ minor_units as (
     offset 0
 ),
 
+withheld as (
+    select
+        m.*,
+        -- an amount is only read under a convention known for certain (mappings/README.md, "Money")
+        case
+            when m.amount_num is null then null
+            when m.convention_unit is not null and m.convention_unit <> m.amount_unit then 'unit_conflict'
+            when m.convention_unit is null and (m.amount_unit <> 'major' or m.amount_clean !~ '\.')
+                then 'unit_unverified'
+            when m.amount_unit = 'minor' and m.currency_iso is null then 'no_currency'
+        end as amount_withheld_reason
+    from minor_units as m
+    offset 0
+),
+
 resolved as (
     select
         m.*,
@@ -132,12 +169,11 @@ resolved as (
                 then 'bad_amount'
             when nullif(btrim(m.currency_text), '') is not null and (m.currency_iso is null or m.iso_exponent is null)
                 then 'unknown_currency'
-            when m.amount_num is not null and m.amount_unit = 'minor' and m.currency_iso is null
-                then 'unknown_currency'
-            when m.minor_value is not null and (m.minor_value <> trunc(m.minor_value) or abs(m.minor_value) >= 1e17)
+            when m.amount_withheld_reason is null and m.minor_value is not null
+                and (m.minor_value <> trunc(m.minor_value) or abs(m.minor_value) >= 1e17)
                 then 'bad_amount'
         end as invalid_reason
-    from minor_units as m
+    from withheld as m
     offset 0
 )
 
@@ -162,17 +198,21 @@ select
     end as decline_category,
     r.response_code_raw,
     r.error_message,
-    case when r.invalid_reason is null then r.minor_value::bigint end as amount_minor,
+    case when r.invalid_reason is null and r.amount_withheld_reason is null then r.minor_value::bigint end
+        as amount_minor,
     r.currency_iso as currency,
     r.iso_exponent as currency_exponent,
     case
-        when r.invalid_reason is not null then null
+        when r.invalid_reason is not null or r.amount_withheld_reason is not null then null
         when r.minor_value is not null then round(r.minor_value / power(10::numeric, r.iso_exponent), r.iso_exponent)
         when r.amount_unit = 'major' then r.amount_value
     end as amount,
     r.amount_text as amount_raw,
-    r.payment_method,
-    r.card_network,
+    case when r.invalid_reason is null then r.amount_withheld_reason end as amount_withheld_reason,
+    case when r.payment_method_key is not null then coalesce(r.payment_method_vocabulary, 'other') end
+        as payment_method,
+    case when r.card_network_key is not null then coalesce(r.card_network_vocabulary, 'other') end
+        as card_network,
     r.issuer_country_iso as issuer_country,
     case
         when r.latency_clean ~ '^[0-9]{1,9}(\.[0-9]{1,6})?$'

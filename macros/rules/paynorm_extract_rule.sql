@@ -30,6 +30,8 @@
     {%- set x %}{{ paynorm_sql_string('llm' if r.origin == 'llm' else 'rule') }}::text{% endset %}{% do v.update({'normalizer': x}) %}
     {%- set x %}{{ paynorm_sql_string(r.model if r.origin == 'llm' else none) }}::text{% endset %}{% do v.update({'llm_model': x}) %}
     {%- set x %}{{ paynorm_provider_expr(r.rule.provider, 'm.payload', 'm.row_data') }}{% endset %}{% do v.update({'provider': x}) %}
+    {%- set x %}{{ paynorm_sql_string(r.rule.api if r.rule.api is defined else '*') }}::text{% endset %}{% do v.update({'api': x}) %}
+    {%- set x %}{{ 'true' if (r.rule.provider.const is defined and r.rule.provider.const) else 'false' }}{% endset %}{% do v.update({'amount_provider_fixed': x}) %}
     {%- set x %}coalesce({{ paynorm_field_text(f.transaction_id if f.transaction_id is defined else none, 'm.payload', 'm.row_data') }}, m.row_transaction_id){% endset %}{% do v.update({'transaction_id': x}) %}
     {%- set x %}coalesce({{ paynorm_field_text(f.merchant_id if f.merchant_id is defined else none, 'm.payload', 'm.row_data') }}, m.row_merchant_id){% endset %}{% do v.update({'merchant_id': x}) %}
     {%- set x %}coalesce({{ paynorm_field_text(f.merchant_name if f.merchant_name is defined else none, 'm.payload', 'm.row_data') }}, m.row_merchant_name){% endset %}{% do v.update({'merchant_name': x}) %}

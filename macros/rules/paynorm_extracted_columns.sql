@@ -4,7 +4,7 @@
   {%- set text_cols = ['mapping_id', 'rule_hash', 'normalizer', 'llm_model', 'provider', 'transaction_id',
                        'merchant_id', 'merchant_name', 'merchant_country_text', 'merchant_country_mode',
                        'event_type_mapped', 'event_type_default', 'status_mapped', 'status_token',
-                       'status_default'] -%}
+                       'status_default', 'api'] -%}
   {%- set cols = [] -%}
   {%- for c in text_cols -%}{%- do cols.append({'name': c, 'type': 'text'}) -%}{%- endfor -%}
   {%- do cols.append({'name': 'status_use_vocabulary', 'type': 'boolean'}) -%}
@@ -15,6 +15,7 @@
   {%- endfor -%}
   {%- do cols.append({'name': 'amount_decimal_comma', 'type': 'boolean'}) -%}
   {%- do cols.append({'name': 'amount_absolute', 'type': 'boolean'}) -%}
+  {%- do cols.append({'name': 'amount_provider_fixed', 'type': 'boolean'}) -%}
   {%- for c in ['amount_exponent_text', 'currency_text', 'issuer_country_text', 'issuer_country_mode',
                 'latency_text', 'latency_unit', 'event_at_text', 'event_at_format', 'is_test_text'] -%}
     {%- do cols.append({'name': c, 'type': 'text'}) -%}

@@ -116,6 +116,7 @@ normalized as (
         c.provider, c.transaction_id, c.merchant_id, c.merchant_name, c.merchant_country,
         c.event_type, c.status, c.provider_status_raw, c.decline_category, c.response_code_raw,
         c.error_message, c.amount_minor, c.currency, c.currency_exponent, c.amount, c.amount_raw,
+        c.amount_withheld_reason,
         c.payment_method, c.card_network, c.issuer_country, c.latency_ms,
         -- the lake row's created_at (stg_lake__transactions.row_created_at) is parsed only when the
         -- payload gives no event time: parsing costs a subtransaction per row
@@ -138,6 +139,7 @@ normalized as (
         null, null, null, null, null,
         null, null, null, null, null,
         null, null, null, null, null, null,
+        null,
         null, null, null, null,
         null,
         null,
@@ -154,6 +156,7 @@ normalized as (
         null, null, null, null, null,
         null, null, null, null, null,
         null, null, null, null, null, null,
+        null,
         null, null, null, null,
         null,
         null,

@@ -58,6 +58,7 @@ final as (
         currency_exponent,
         amount,
         amount_raw,
+        amount_withheld_reason,
         payment_method,
         card_network,
         issuer_country,
