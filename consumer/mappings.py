@@ -183,6 +183,8 @@ def collect_jsonpaths(rule: dict[str, Any]) -> list[tuple[str, str, bool]]:
     found: list[tuple[str, str, bool]] = []
     if isinstance(rule.get("match"), str):
         found.append(("match", rule["match"], True))
+    if isinstance(rule.get("row_match"), str):
+        found.append(("row_match", rule["row_match"], True))
     prov = rule.get("provider")
     if isinstance(prov, dict):
         for key in ("path", "row_path"):
@@ -331,6 +333,11 @@ def load_fixtures(directory: str | Path = DEFAULT_DIR) -> dict[str, dict[str, An
     return out
 
 
+def fixture_row_image(name: str, fixture: dict[str, Any]) -> dict[str, Any]:
+    """The lake row image (``row_data``) a fixture lands as: its row, with the payload under its key."""
+    return {"id": name, fixture.get("payload_key", "data"): fixture.get("raw"), **(fixture.get("row") or {})}
+
+
 def _fixture_payload(fixture: dict[str, Any]) -> tuple[str | None, str]:
     from .decode import decode_payload
 
@@ -344,26 +351,28 @@ def fixture_overlaps(rules: list[dict[str, Any]], fixtures: dict[str, dict[str, 
     expects no rule) without a lower priority saying it yields. Evaluated in PostgreSQL with the
     same ``jsonb_path_exists`` the models use, on the decoded fixtures."""
     by_id = {str(r["id"]): r for r in rules}
-    names, payloads, fmts = [], [], []
+    names, payloads, fmts, row_images = [], [], [], []
     for name, fx in fixtures.items():
         payload, fmt = _fixture_payload(fx)
         if payload is not None:
             names.append(name)
             payloads.append(payload)
             fmts.append(fmt)
+            row_images.append(json.dumps(fixture_row_image(name, fx)))
     if not names or not by_id:
         return {}
     ids = list(by_id)
     rows = conn.execute(
         """
         select f.name, r.id
-        from unnest(%s::text[], %s::jsonb[], %s::text[]) as f(name, payload, fmt)
-        cross join unnest(%s::text[], %s::text[], %s::text[]) as r(id, match, formats)
+        from unnest(%s::text[], %s::jsonb[], %s::text[], %s::jsonb[]) as f(name, payload, fmt, row_data)
+        cross join unnest(%s::text[], %s::text[], %s::text[], %s::text[]) as r(id, match, formats, row_match)
         where f.fmt = any(string_to_array(r.formats, ','))
           and jsonb_path_exists(f.payload, r.match::jsonpath, '{}'::jsonb, true)
+          and (r.row_match is null or jsonb_path_exists(f.row_data, r.row_match::jsonpath, '{}'::jsonb, true))
         """,
-        (names, payloads, fmts, ids, [str(by_id[i]["match"]) for i in ids],
-         [",".join(by_id[i].get("formats") or []) for i in ids]),
+        (names, payloads, fmts, row_images, ids, [str(by_id[i]["match"]) for i in ids],
+         [",".join(by_id[i].get("formats") or []) for i in ids], [by_id[i].get("row_match") for i in ids]),
     ).fetchall()
     problems: dict[str, list[str]] = {}
     for name, rid in rows:

@@ -86,8 +86,7 @@ def landing_row(lake_key: str, fixture: dict[str, Any]) -> dict[str, Any]:
     from consumer.decode import decode_payload
 
     raw = fixture["raw"]
-    payload_key = fixture.get("payload_key", "data")
-    row_data = {"id": lake_key, payload_key: raw, **fixture.get("row", {})}
+    row_data = mappings.fixture_row_image(lake_key, fixture)
     dec = decode_payload(json.dumps(raw), is_json=True)
     return {
         "lake_key": lake_key, "row_data": json.dumps(row_data), "payload": dec.payload,

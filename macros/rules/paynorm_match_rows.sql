@@ -4,7 +4,7 @@
 select
     staged.*,
     case when staged.decode_error is null then
-        {{ paynorm_match_case(rules, 'staged.payload', 'staged.payload_format') }}
+        {{ paynorm_match_case(rules, 'staged.payload', 'staged.payload_format', 'staged.row_data') }}
     end as mapping_id
 from {{ relation }} as staged
 where not staged.is_deleted
