@@ -238,7 +238,11 @@ def convention_for(provider: str, api: str | None = None) -> Convention | None:
 
 def check_money(rule: dict[str, Any]) -> list[str]:
     """The money-safety policy (mappings/README.md, "Money"): an amount is read under its
-    provider's documented convention, currencies are read from the payload, never produced."""
+    provider's documented convention, currencies are read from the payload, never produced.
+
+    A rule for a provider the seed does not know yet (an LLM proposal for a new PSP) may state its
+    unit: the build withholds such amounts (``unit_unverified``) until the convention is added with
+    its source, except major amounts written with a decimal point."""
     errors: list[str] = []
     fields = rule.get("fields") or {}
     prov = rule.get("provider") if isinstance(rule.get("provider"), dict) else {}
@@ -259,10 +263,6 @@ def check_money(rule: dict[str, Any]) -> list[str]:
             if conv is not None and conv.unit != unit:
                 errors.append(f"fields.amount: unit {unit} contradicts {const}'s amount convention ({conv.unit}, "
                               f"seeds/provider_amount_conventions.csv: {conv.source})")
-            elif conv is None and unit != "major":
-                errors.append(f"fields.amount: provider {const!r} has no amount convention in "
-                              f"seeds/provider_amount_conventions.csv: add it with its source, or read major units "
-                              f"(then only values written with a decimal point are read)")
     currency = fields.get("currency")
     if isinstance(currency, dict) and any(k in currency for k in ("const", "map", "cases")):
         errors.append("fields.currency: a currency is read from the payload (path or row_path), never produced "
@@ -374,24 +374,24 @@ def fixture_overlaps(rules: list[dict[str, Any]], fixtures: dict[str, dict[str, 
         (names, payloads, fmts, row_images, ids, [str(by_id[i]["match"]) for i in ids],
          [",".join(by_id[i].get("formats") or []) for i in ids], [by_id[i].get("row_match") for i in ids]),
     ).fetchall()
-    problems: dict[str, list[str]] = {}
-    for name, rid in rows:
+    found: dict[tuple[str, str | None], list[str]] = {}
+    for name, rid in sorted(rows):
         own = (fixtures[name].get("expected") or {}).get("mapping_id")
-        if own == rid:
-            continue
-        rule = by_id[rid]
-        prio = int(rule.get("priority", 100))
+        if own == rid or (own is not None and own not in by_id):
+            continue  # its own fixture, or a fixture of a rule outside this set (checked with its own)
+        if own is not None and int(by_id[rid].get("priority", 100)) < int(by_id[own].get("priority", 100)):
+            continue  # explicit intent: this rule yields to the fixture's own rule
+        found.setdefault((rid, own), []).append(name)
+    problems: dict[str, list[str]] = {}
+    for (rid, own), names_hit in found.items():
+        shown = ", ".join(names_hit[:3]) + (f" and {len(names_hit) - 3} more" if len(names_hit) > 3 else "")
         if own is None:
-            msg = f"captures fixture {name}, which expects no rule to match it"
-        elif own not in by_id:
-            continue  # the fixture's rule is not part of this set (it is checked with its own)
+            msg = f"captures fixture(s) that expect no rule to match them: {shown}"
         else:
-            own_prio = int(by_id[own].get("priority", 100))
-            if prio < own_prio:
-                continue  # explicit intent: this rule yields to the fixture's own rule
-            verb = "captures" if (prio > own_prio or rid < own) else "also matches"
-            msg = (f"{verb} fixture {name} of rule {own} (priority {prio} vs {own_prio}): exclude that shape in "
-                   f"`match`, or give this rule a lower priority than {own} if it is meant to yield")
+            prio, own_prio = int(by_id[rid].get("priority", 100)), int(by_id[own].get("priority", 100))
+            msg = (f"captures {len(names_hit)} fixture(s) of rule {own} ({shown}) at priority {prio} vs {own_prio}: "
+                   f"exclude that shape in `match`, or give this rule a lower priority than {own} if it is meant "
+                   f"to yield")
         problems.setdefault(rid, []).append(msg)
     return problems
 
