@@ -6,11 +6,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install postgres demo test clean dev-up dev-down lint help
+.PHONY: install postgres demo test accuracy clean dev-up dev-down lint help
 
 help:
 	@echo "make demo   - local cluster, sample lake, the pipeline, a summary"
 	@echo "make test   - the test suite against real PostgreSQL clusters it starts itself"
+	@echo "make accuracy - score the built-in rules on labelled real provider payloads (paynorm eval)"
 	@echo "make install, make dev-up, make dev-down, make clean"
 
 $(STAMP): pyproject.toml
@@ -35,6 +36,12 @@ demo: install postgres
 
 test: install postgres
 	$(BIN)/python -m pytest -q -rs $(PYTEST_ARGS)
+
+# Labelled real payloads: the shared corpus when this checkout sits beside it, else the copy in tests/corpus.
+CORPUS ?= $(firstword $(wildcard ../shared/corpus/real_payloads.jsonl) tests/corpus/real_payloads.jsonl)
+
+accuracy: install postgres
+	$(BIN)/paynorm eval $(CORPUS) --min-coverage 95 --min-status 99
 
 clean:
 	-$(BIN)/paynorm dev down --destroy

@@ -140,12 +140,12 @@ def read_corpus(path: str | os.PathLike[str]) -> list[CorpusRecord]:
                 raise EvalError(f"{where}: label must have {', '.join(_LABEL_KEYS)}")
             if lab["status"] not in LABEL_STATUSES:
                 raise EvalError(f"{where}: label.status {lab['status']!r} is not one of {', '.join(LABEL_STATUSES)}")
+            label = Label(str(lab["provider"]), lab["status"], _parse_amount(lab["amount"], where),
+                          lab["currency"], lab["country"], lab["response_code"], str(lab["confidence"]))
             key = str(rec["id"])
             if key in seen:
                 raise EvalError(f"{where}: duplicate record id {key}")
             seen.add(key)
-            label = Label(str(lab["provider"]), lab["status"], _parse_amount(lab["amount"], where),
-                          lab["currency"], lab["country"], lab["response_code"], str(lab["confidence"]))
             out.append(CorpusRecord(n, rec, label, str(obj.get("source", "")), str(obj.get("format", ""))))
     if not out:
         raise EvalError(f"{p}: no records")

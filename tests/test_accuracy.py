@@ -1,0 +1,47 @@
+"""The floor of the built-in rules on labelled real provider payloads (tests/corpus, `make accuracy`).
+
+A change that normalizes fewer records, gets more statuses wrong, or produces a single wrong
+amount or currency fails here. Raise the floor when the rules get better; never lower it to pass.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from consumer import evaluation
+
+CORPUS = Path(__file__).resolve().parent / "corpus" / "real_payloads.jsonl"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "real_payloads.jsonl"
+
+# Measured with `make accuracy`; see README "What you get".
+MIN_NORMALIZED = 90          # records of 259 normalized by the built-in rules
+MIN_STATUS_CORRECT_PCT = 85.0
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> evaluation.Report:
+    return evaluation.evaluate(CORPUS, work_dir=tmp_path_factory.mktemp("eval"))
+
+
+def test_the_copy_is_the_shared_corpus() -> None:
+    if not SHARED.exists():
+        pytest.skip("no shared corpus beside this checkout (CI): the copy is what is measured")
+    assert CORPUS.read_bytes() == SHARED.read_bytes()
+
+
+def test_no_wrong_money_and_nothing_lost(report: evaluation.Report) -> None:
+    t = report.totals
+    wrong = [f"line {r.line} {r.label.provider}: {r.observed.amount} {r.observed.currency} vs "
+             f"{r.label.amount} {r.label.currency} ({r.observed.mapping_id})" for r in report.money_errors()]
+    assert not wrong, wrong
+    assert t["lost"] == 0 and t["records"] == 259
+
+
+def test_coverage_and_statuses_do_not_regress(report: evaluation.Report) -> None:
+    t = report.totals
+    assert t["normalized"] >= MIN_NORMALIZED, report.render(details=True)
+    assert t["status_pct"] >= MIN_STATUS_CORRECT_PCT, [
+        f"line {r.line} {r.label.provider}: {r.predicted_status} vs {r.label.status} ({r.observed.mapping_id})"
+        for r in report.status_errors()]
