@@ -481,12 +481,38 @@ def _estimate_tokens(request: dict[str, Any]) -> int:
     return len(json.dumps(request)) // 4 + request.get("max_completion_tokens", 0) // 8
 
 
+MAX_ANSWER_CHARS = 200_000  # a mapping rule is a few kB: anything larger is not an answer
+MAX_ANSWER_DEPTH = 24  # nesting of the answer object (a rule is ~6 deep)
+MAX_REPORTED_TOKENS = 10_000_000  # per request; above (or negative) the usage is not believable
+
+
+def _tokens(value: Any) -> tuple[int | None, bool]:
+    """(token count, believable): an endpoint's usage figure is untrusted input."""
+    if value is None:
+        return None, True
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_REPORTED_TOKENS:
+        return None, False
+    return value, True
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether a parsed JSON value nests deeper than ``limit`` (iterative: no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            if depth > limit:
+                return True
+            stack.extend((v, depth + 1) for v in (node.values() if isinstance(node, dict) else node))
+    return False
+
+
 # -- calling the endpoint -----------------------------------------------------------------------------
 
 
 @dataclass
 class CallResult:
-    outcome: str  # ok | rate_limited | server_error | timeout | connection_error | http_error | budget
+    outcome: str  # ok | malformed | rate_limited | server_error | timeout | connection_error | http_error
     content: str | None = None
     refusal: str | None = None
     finish_reason: str | None = None
@@ -536,12 +562,26 @@ def _one_request(client: Any, request: dict[str, Any], key: str) -> CallResult:
         return done(outcome=kind, error=f"HTTP {e.status_code}: {str(e)[:500]}", retry_after=ra)
     except openai.OpenAIError as e:
         return done(outcome="http_error", error=f"{type(e).__name__}: {str(e)[:500]}")
-    choice = resp.choices[0] if getattr(resp, "choices", None) else None
-    msg = choice.message if choice is not None else None
-    usage = getattr(resp, "usage", None)
-    return done(outcome="ok", content=getattr(msg, "content", None), refusal=getattr(msg, "refusal", None),
-                finish_reason=getattr(choice, "finish_reason", None),
-                tokens_in=getattr(usage, "prompt_tokens", None), tokens_out=getattr(usage, "completion_tokens", None))
+    except (RecursionError, ValueError, TypeError, AttributeError) as e:
+        # the client could not even read the body (nested 200k levels deep, not JSON, wrong types):
+        # an answer like that is malformed, recorded like any other, never an exception of the step
+        return done(outcome="malformed", error=f"the answer could not be read: {type(e).__name__}: {str(e)[:200]}")
+    try:
+        choice = resp.choices[0] if getattr(resp, "choices", None) else None
+        msg = choice.message if choice is not None else None
+        usage = getattr(resp, "usage", None)
+        content, refusal = getattr(msg, "content", None), getattr(msg, "refusal", None)
+        finish = getattr(choice, "finish_reason", None)
+        tin, ok_in = _tokens(getattr(usage, "prompt_tokens", None))
+        tout, ok_out = _tokens(getattr(usage, "completion_tokens", None))
+    except Exception as e:  # noqa: BLE001 - an odd response object is a malformed answer
+        return done(outcome="malformed", error=f"the answer could not be read: {type(e).__name__}")
+    if not (ok_in and ok_out):
+        return done(outcome="malformed", content=content if isinstance(content, str) else None,
+                    error="the answer's token counts are negative or not believable (usage is untrusted input)")
+    if content is not None and not isinstance(content, str) or refusal is not None and not isinstance(refusal, str):
+        return done(outcome="malformed", error="the answer's content is not text")
+    return done(outcome="ok", content=content, refusal=refusal, finish_reason=finish, tokens_in=tin, tokens_out=tout)
 
 
 # -- from the answer to a rule ------------------------------------------------------------------------
@@ -1067,10 +1107,12 @@ class _Budget:
         return True
 
     def spend(self, res: CallResult, request: dict[str, Any]) -> None:
+        """Count a request: at least what was sent (and received), whatever usage the endpoint claims."""
         self.calls += 1
-        if res.outcome == "ok":
-            self.tokens_in += res.tokens_in if res.tokens_in is not None else len(json.dumps(request)) // 4
-            self.tokens_out += res.tokens_out if res.tokens_out is not None else len(res.content or "") // 4
+        sent = len(json.dumps(request)) // 4
+        received = len(res.content or "") // 4
+        self.tokens_in += max(res.tokens_in or 0, sent)
+        self.tokens_out += max(res.tokens_out or 0, received)
 
 
 def _connect(conn_or_dsn: psycopg.Connection | str) -> tuple[psycopg.Connection, bool]:
@@ -1171,8 +1213,8 @@ def _call_with_retries(conn: psycopg.Connection, client: Any, settings: Settings
         res = _one_request(client, request, settings.openai_api_key)
         res.attempt = attempt
         budget.spend(res, request)
-        if res.outcome == "ok":
-            return res
+        if res.outcome in ("ok", "malformed"):
+            return res  # a malformed answer is judged (and recorded) like any answer, not retried
         _record_call(conn, result.run_id, shape, kind, attempt, settings.llm_model, result.prompt_hash, res,
                      res.outcome)
         log.warning("LLM request for shape %s failed (attempt %d): %s", shape.shape_key, attempt, res.error)
@@ -1186,17 +1228,26 @@ def _call_with_retries(conn: psycopg.Connection, client: Any, settings: Settings
 
 
 def _parse_answer(res: CallResult) -> tuple[str, dict[str, Any] | None, str | None]:
-    """(outcome, answer, error): outcome ok | refusal | malformed."""
+    """(outcome, answer, error): outcome ok | refusal | malformed. Never raises: the answer is
+    untrusted input (bounded size and depth, any parse problem is `malformed`)."""
+    if res.outcome == "malformed":
+        return "malformed", None, res.error or "the answer could not be read"
     if res.refusal:
         return "refusal", None, f"the model refused: {res.refusal[:500]}"
     if res.finish_reason == "length":
         return "malformed", None, "the answer was cut at max_completion_tokens (not complete JSON)"
     if not res.content:
         return "malformed", None, "the answer is empty"
+    if len(res.content) > MAX_ANSWER_CHARS:
+        return "malformed", None, f"the answer is larger than {MAX_ANSWER_CHARS} characters"
     try:
         answer = json.loads(res.content)
+    except RecursionError:
+        return "malformed", None, f"the answer nests deeper than {MAX_ANSWER_DEPTH} levels"
     except ValueError as e:
         return "malformed", None, f"the answer is not valid JSON ({e}); answer with the JSON object of the schema"
+    if _depth_exceeds(answer, MAX_ANSWER_DEPTH):
+        return "malformed", None, f"the answer nests deeper than {MAX_ANSWER_DEPTH} levels"
     if not isinstance(answer, dict) or "mappable" not in answer:
         return "malformed", None, "the answer is not the object of the response schema (mappable, reason, rule)"
     return "ok", answer, None
@@ -1213,7 +1264,7 @@ def _ask(conn: psycopg.Connection, client: Any, settings: Settings, result: LlmR
         calls_before = budget.calls
         res = _call_with_retries(conn, client, settings, result, shape, kind, request, budget, sleep)
         sr.calls += budget.calls - calls_before
-        if res is None or res.outcome != "ok":
+        if res is None or res.outcome not in ("ok", "malformed"):
             sr.errors.append(res.error if res is not None and res.error else "budget exhausted")
             return sr  # transport failure or budget: the shape keeps waiting (retried next run)
         outcome, answer, error = _parse_answer(res)
@@ -1234,13 +1285,15 @@ def _ask(conn: psycopg.Connection, client: Any, settings: Settings, result: LlmR
             _record_call(conn, result.run_id, shape, kind, res.attempt, model, phash, res, "not_payment", reason)
             sr.errors.append(reason)
             break
+        rule = {}
         try:
             rule = answer_to_rule(answer, shape)
+            ev = validate_llm_rule(conn, rule, shape.shape_key, samples_text, min_coverage=settings.llm_min_coverage)
         except ValueError as e:
             ev = Evaluation([str(e)], {})
-            rule = {}
-        else:
-            ev = validate_llm_rule(conn, rule, shape.shape_key, samples_text, min_coverage=settings.llm_min_coverage)
+        except Exception as e:  # noqa: BLE001 - an answer that breaks the checks is an invalid answer
+            log.debug("checking the answer for shape %s failed", shape.shape_key, exc_info=True)
+            ev = Evaluation([f"the rule could not be checked: {type(e).__name__}: {str(e)[:300]}"], {})
         if not ev.errors:
             status = "active" if settings.llm_auto_activate else "proposed"
             figures = {**ev.figures, "samples": [s.lake_key for s in samples], "run_id": result.run_id,

@@ -205,6 +205,8 @@ class Pipeline:
             result.stages.append(stage)
             if stage.outcome == "failed":
                 result.outcome = "failed"
+                if name == "llm":
+                    continue  # the marts still build, with the rules that exist; the cycle says it failed
                 break  # later stages need this one; landed data stays as it is
         if result.outcome == "ok" and self.stop.is_set() and any(s.outcome == "skipped" for s in result.stages):
             result.outcome = "stopped"

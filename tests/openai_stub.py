@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 @dataclass
 class Reply:
-    kind: str  # content | refusal | status | hang
+    kind: str  # content | refusal | status | hang | raw (``content`` is the whole HTTP body)
     content: str | None = None
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
@@ -52,6 +52,10 @@ class Reply:
     @classmethod
     def error(cls, status: int, retry_after: str | None = None) -> "Reply":
         return cls("status", status=status, headers={"retry-after": retry_after} if retry_after else {})
+
+    @classmethod
+    def raw(cls, body: str) -> "Reply":
+        return cls("raw", content=body)
 
     @classmethod
     def hang(cls, seconds: float) -> "Reply":
@@ -146,6 +150,8 @@ class OpenAIStub:
                 if reply.kind == "status":
                     return self._send(reply.status, {"error": {"message": f"scripted {reply.status}",
                                                                "type": "scripted", "code": None}}, reply.headers)
+                if reply.kind == "raw":
+                    return self._send_bytes(200, (reply.content or "").encode())
                 content = None if reply.kind == "refusal" else reply.content
                 refusal = reply.content if reply.kind == "refusal" else None
                 tokens_in = reply.tokens_in if reply.tokens_in is not None else max(1, len(raw) // 4)
@@ -160,7 +166,9 @@ class OpenAIStub:
                 })
 
             def _send(self, status: int, obj: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-                data = json.dumps(obj).encode()
+                self._send_bytes(status, json.dumps(obj).encode(), headers)
+
+            def _send_bytes(self, status: int, data: bytes, headers: dict[str, str] | None = None) -> None:
                 try:
                     self.send_response(status)
                     self.send_header("content-type", "application/json")

@@ -452,6 +452,37 @@ def test_malformed_answers_and_refusals_end_unmappable(db: str, stub: OpenAIStub
     assert SHAPES["acme"] in [r.shape_key for r in stub.requests] and f"llm_acmepay_{SHAPES['acme']}" in res.activated
 
 
+@pytest.mark.parametrize("reply, error", [
+    (Reply.text("[" * 50_000 + "]" * 50_000), "nests deeper than"),
+    (Reply.text("[" * 30 + "]" * 30), "nests deeper than"),
+    (Reply.raw('{"choices": ' + '{"a": ' * 200_000 + "1" + "}" * 200_001), "could not be read"),
+    (Reply.raw("this is not JSON at all"), "could not be read"),
+    (Reply.text(" " * (llm.MAX_ANSWER_CHARS + 10) + "{}"), "larger than"),
+], ids=["answer_50k_deep", "answer_30_deep", "http_body_200k_deep", "http_body_not_json", "answer_too_large"])
+def test_hostile_answers_are_malformed_and_recorded(db: str, stub: OpenAIStub, reply: Reply, error: str) -> None:
+    """An answer that would crash a parser is one more malformed answer: recorded, the shape
+    unmappable after the repair round, the step goes on with the other shapes."""
+    stub.reset(by_shape({SHAPES["acme"]: [reply]}, default=Reply.not_payment("skip")))
+    res = llm.run_llm_step(db, settings_for(db, stub, llm_max_retries=0))
+    calls = q(db, "select outcome, error from paynorm.llm_calls where shape_key = %s order by id", SHAPES["acme"])
+    assert [c["outcome"] for c in calls] == ["malformed", "malformed"] and error in calls[0]["error"], calls
+    assert SHAPES["acme"] in res.unmappable and res.shapes_waiting == 4
+
+
+@pytest.mark.parametrize("tokens_in, tokens_out", [(2 ** 40, 10), (-1_000_000, 5), (10, -3)])
+def test_unbelievable_token_counts_are_malformed_and_do_not_bypass_the_budget(
+        db: str, stub: OpenAIStub, tokens_in: int, tokens_out: int) -> None:
+    stub.reset(by_shape({SHAPES["acme"]: [Reply.answer(strict_answer(ACME_RULE), tokens_in=tokens_in,
+                                                       tokens_out=tokens_out)]}, default=Reply.not_payment("skip")))
+    res = llm.run_llm_step(db, settings_for(db, stub))
+    calls = q(db, "select outcome, tokens_in, tokens_out, error from paynorm.llm_calls where shape_key = %s "
+                  "order by id", SHAPES["acme"])
+    assert [(c["outcome"], c["tokens_in"], c["tokens_out"]) for c in calls] == [("malformed", None, None)] * 2
+    assert "token counts" in calls[0]["error"]
+    # the budget counts at least what was sent, whatever the endpoint claims
+    assert res.tokens_in >= sum(len(r.raw) // 4 for r in stub.requests) and res.tokens_out >= 0
+
+
 def test_one_step_at_a_time(db: str, stub: OpenAIStub) -> None:
     with psycopg.connect(db, autocommit=True) as holder:
         holder.execute("select pg_advisory_lock(%s)", (llm.LOCK_KEY,))

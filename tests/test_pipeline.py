@@ -102,6 +102,30 @@ def test_dbt_failure_exits_non_zero_and_keeps_landed_data(env: Env, home: Path, 
     env.assert_converged()
 
 
+def test_a_failing_llm_stage_never_stops_the_marts(env: Env, home: Path) -> None:
+    """Another LLM step holds the warehouse's LLM lock: the stage fails, the marts still build with
+    the rules that exist, the cycle is recorded as failed (exit 1 in --once)."""
+    import psycopg
+
+    from consumer import llm
+
+    n = _generate(env, 120)
+    settings = env.settings(home=home, openai_api_key="sk-test", openai_base_url="http://127.0.0.1:9/v1")
+    Pipeline(settings).cycle()  # creates the paynorm tables the lock lives next to
+    with psycopg.connect(env.wh_dsn, autocommit=True) as holder:
+        holder.execute("select pg_advisory_lock(%s)", (llm.LOCK_KEY,))
+        _generate(env, 30, seed=9)
+        assert Pipeline(settings, attempts=1).run(once=True, interval=0) == 1
+    run = _runs(env)[-1]
+    stages = {s["name"]: s["outcome"] for s in run[2]}
+    assert run[1] == "failed" and stages == {"land": "ok", "transform": "ok", "llm": "failed", "marts": "ok"}
+    assert "holds the lock" in run[3]
+    with env.wh_conn() as wh:
+        placed = sum(wh.execute(f"select count(*) from paynorm_marts.{t}").fetchone()[0] for t in
+                     ("normalized_payment_events", "normalization_quarantine", "normalization_pending"))
+    assert placed == n + 30  # the new rows reached the marts although the LLM stage failed
+
+
 @pytest.mark.parametrize("stage", ["land", "transform", "marts"])
 def test_sigterm_ends_after_the_stage_in_flight(env: Env, home: Path, stage: str) -> None:
     n = _generate(env, 300)
