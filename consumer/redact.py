@@ -2,9 +2,14 @@
 
 What is masked, in any JSON-like value (dicts, lists, strings, numbers):
 
-- card numbers: Luhn-valid runs of 12-19 digits (spaces or dashes between groups allowed), in
-  strings and in JSON numbers, keep only the last 4 digits (``************1111``);
+- card numbers: Luhn-valid runs of 12-19 digits written with any separator (none, spaces, dashes,
+  dots between groups), in strings and in JSON numbers, keep only the last 4 digits
+  (``************1111``); a digit run that is part of an identifier (a UUID's last group, a
+  hex or alphanumeric reference) is not a card and stays as it is;
 - e-mail addresses anywhere in a string;
+- person names, personal data and secrets by key, in English, Spanish, Portuguese, French, German
+  and Italian (``titular``, ``cedula``, ``direccion``, ``cpf_pagador``, ``iban_beneficiario``,
+  ``contraseña``, ``clave``, ``senha``, ...; accents and case ignored; compound keys by their parts);
 - person names in obvious fields (``holder``, ``cardholder``, ``first_name``, ``customer_name``…,
   and ``name`` unless its parent is clearly not a person: merchant, provider, product…), and other
   personal data keys (phone, address lines, document numbers, birth dates, IPs);
@@ -21,13 +26,18 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections import Counter
 from typing import Any
 
 MAX_TEXT = 160  # characters kept of a long string
 # A whole run of digits (single spaces or dashes between them allowed): a UUID or a date is one long run,
 # never cut into a card-sized piece.
-CARD_RE = re.compile(r"(?<![0-9])(?<![0-9][ -])(?:[0-9][ -]?){11,18}[0-9](?![ -]?[0-9])")
+# Not inside an identifier: no letter or digit touches the run, directly or across one separator.
+_SEP = r"[ .\-]"
+CARD_RE = re.compile(rf"(?<![0-9A-Za-z])(?<![0-9A-Za-z][.\-])(?:[0-9]{_SEP}?){{11,18}}[0-9](?![.\-]?[0-9A-Za-z])"
+                     rf"(?! [0-9])")
+_SEPARATORS = re.compile(_SEP)
 EMAIL_RE = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+")
 SECRET_PREFIX_RE = re.compile(
     r"^(?:sk|rk|whsec|sk_live|sk_test|rk_live|rk_test|pat|ghp|xox[abp]|AKIA)[_\-]?[A-Za-z0-9_\-]{8,}$"
@@ -44,9 +54,16 @@ SECRET_KEYS = {
     "session_id", "cvv", "cvv2", "cvc", "cvc2", "cav", "cav2", "cid", "card_security_code", "security_code",
     "securitycode", "pin", "pin_block", "pinblock", "otp", "signature", "hmac", "x_api_key",
     "webhook_secret", "merchant_key", "merchant_secret", "credentials", "credential",
+    # es / pt / fr / de / it
+    "contrasena", "clave", "clave_secreta", "llave", "llave_privada", "secreto", "senha", "segredo", "chave",
+    "chave_secreta", "mot_de_passe", "motdepasse", "cle", "cle_secrete", "jeton", "passwort", "kennwort",
+    "geheimnis", "schluessel", "schlussel", "chiave", "chiave_segreta", "parola_d_ordine", "parola_chiave",
+    "codigo_seguridad", "codigo_de_seguridad", "cod_seguranca", "codigo_seguranca", "cryptogramme",
+    "pruefnummer", "prufnummer",
 }
 SECRET_KEY_PARTS = ("token", "secret", "password", "passwd", "apikey", "api_key", "authorization", "cvv",
-                    "cvc", "private_key", "signature")
+                    "cvc", "private_key", "signature", "contrasena", "senha", "passwort", "kennwort",
+                    "mot_de_passe", "clave", "chave", "chiave", "secreto", "segredo")
 NAME_KEYS = {
     "holder", "holder_name", "holdername", "cardholder", "card_holder", "cardholder_name", "card_holder_name",
     "cardholdername", "first_name", "firstname", "last_name", "lastname", "middle_name", "full_name",
@@ -55,6 +72,12 @@ NAME_KEYS = {
     "apellido", "apellidos", "nome", "sobrenome", "owner_name", "account_holder", "account_holder_name",
     "name_on_card", "nameoncard", "client_name", "contact_name", "recipient_name", "sender_name",
     "shopper_name", "shoppername", "user_name", "username", "person_name",
+    # es / pt / fr / de / it
+    "titular", "nombre_titular", "titular_nombre", "nome_titular", "titular_cartao", "portador", "nombres",
+    "primer_nombre", "segundo_nombre", "primer_apellido", "segundo_apellido", "nombre_completo",
+    "nome_completo", "sobrenomes", "titulaire", "nom", "prenom", "nom_titulaire", "porteur", "vorname",
+    "nachname", "familienname", "inhaber", "karteninhaber", "kontoinhaber", "cognome", "intestatario",
+    "titolare", "nome_cognome",
 }
 PII_KEYS = {
     "phone", "phone_number", "phonenumber", "mobile", "mobile_phone", "telephone", "tel", "celular",
@@ -63,6 +86,21 @@ PII_KEYS = {
     "ssn", "tax_id", "taxid", "document", "document_number", "documentnumber", "dni", "cpf", "cnpj", "rut",
     "nit", "curp", "rfc", "passport", "national_id", "ip", "ip_address", "ipaddress", "client_ip",
     "shopper_ip", "shopperip", "iban", "account_number", "accountnumber", "bank_account",
+    # es / pt / fr / de / it
+    "cedula", "numero_cedula", "documento", "numero_documento", "nro_documento", "num_documento",
+    "tipo_y_numero_documento", "identificacion", "ruc", "ine", "nie", "nif", "direccion", "domicilio",
+    "calle", "telefono", "celular", "movil", "fecha_nacimiento", "cuenta", "numero_cuenta", "cuenta_bancaria",
+    "clabe", "cbu", "rg", "endereco", "logradouro", "bairro", "telefone", "data_nascimento", "conta",
+    "numero_conta", "conta_bancaria", "adresse", "rue", "telephone", "date_naissance", "date_de_naissance",
+    "numero_compte", "compte_bancaire", "anschrift", "strasse", "hausnummer", "telefon", "handy",
+    "geburtsdatum", "kontonummer", "steuernummer", "indirizzo", "via", "telefono_cellulare", "cellulare",
+    "data_nascita", "data_di_nascita", "codice_fiscale", "partita_iva", "conto", "numero_conto",
+}
+# Parts that make a compound key personal data wherever they appear (cpf_pagador, iban_beneficiario).
+PII_KEY_PARTS = {
+    "cpf", "cnpj", "iban", "cedula", "dni", "rut", "curp", "rfc", "ssn", "passport", "pasaporte", "passaporte",
+    "direccion", "endereco", "adresse", "indirizzo", "anschrift", "telefono", "telefone", "telephone", "phone",
+    "nif", "nie", "clabe", "cbu", "codice_fiscale", "birthdate", "dob",
 }
 # Parents under which a bare `name` is not a person's name.
 NOT_PERSON_PARENTS = {
@@ -84,7 +122,9 @@ TIME_KEY_RE = re.compile(r"(^|_)(ts|time|timestamp|date|datetime|created|updated
 
 
 def _norm_key(key: Any) -> str:
-    k = str(key)
+    k = unicodedata.normalize("NFKD", str(key))
+    k = "".join(ch for ch in k if not unicodedata.combining(ch))  # contraseña -> contrasena, cédula -> cedula
+    k = k.replace("ß", "ss")
     k = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", k)  # camelCase -> camel_case
     return _WORD.sub("_", k.lower()).strip("_").lstrip("@")
 
@@ -109,10 +149,16 @@ def is_card_number(digits: str) -> bool:
 
 def _mask_card(m: re.Match[str]) -> str:
     run = m.group(0)
-    digits = re.sub(r"[ -]", "", run)
-    if not is_card_number(digits):
+    digits = _SEPARATORS.sub("", run)
+    if not is_card_number(digits) or ("." in run and not _dotted_groups(run)):
         return run
     return "*" * (len(digits) - 4) + digits[-4:]
+
+
+def _dotted_groups(run: str) -> bool:
+    """A dotted run is a card only when written in groups (4111.1111.1111.1111, 3782.822463.10005),
+    never a decimal number such as 1234567890123.45."""
+    return all(len(g) >= 4 for g in run.split(".")) and run.count(".") >= 2
 
 
 def mask_cards(text: str) -> str:
@@ -164,6 +210,13 @@ def _last4(value: Any) -> str:
     return "*" * max(len(digits) - 4, 0) + digits[-4:] if len(digits) > 4 else "[card]"
 
 
+def _is_pii_key(k: str) -> bool:
+    if k in PII_KEYS:
+        return True
+    parts = set(k.split("_"))
+    return bool(parts & PII_KEY_PARTS) or any(p in k for p in PII_KEY_PARTS if "_" in p)
+
+
 def _is_name_key(k: str, parent: str) -> bool:
     if k in NAME_KEYS:
         return True
@@ -195,7 +248,7 @@ def redact(value: Any, *, key: str = "", parent: str = "", max_len: int = MAX_TE
         return "[secret]"
     if k and _is_card_key(k, parent):
         return _last4(value)
-    if k and (_is_name_key(k, parent) or k in PII_KEYS):
+    if k and (_is_name_key(k, parent) or _is_pii_key(k)):
         return "[name]" if _is_name_key(k, parent) else "[pii]"
     if k and TIME_KEY_RE.search(k) and re.fullmatch(r"\s*[0-9]{9,13}(\.[0-9]+)?\s*", str(value)):
         return value  # an epoch timestamp, not a card number (the model must see its size)
@@ -218,8 +271,9 @@ def find_cards(text: str) -> list[str]:
     """Luhn-valid card numbers (digits only) found in ``text`` (for tests and audits)."""
     out = []
     for m in CARD_RE.finditer(text):
-        digits = re.sub(r"[ -]", "", m.group(0))
-        if is_card_number(digits):
+        run = m.group(0)
+        digits = _SEPARATORS.sub("", run)
+        if is_card_number(digits) and ("." not in run or _dotted_groups(run)):
             out.append(digits)
     return out
 
