@@ -741,7 +741,12 @@ def _segment(key: object) -> str:
     return segment
 
 
-_SUFFIXES: dict[type, str] = {kind: ":" + name for kind, name in _TYPE_NAMES.items()}
+# A null says nothing about a field's type, and optional text fields (messages, failure codes,
+# descriptions) are null in some replies of a payload type and strings in others: in shape paths a
+# null counts as a string, so the two stay one shape (one LLM question, not two). Shapes without
+# nulls are unchanged; a field that is sometimes null and sometimes a number or object still splits.
+_SHAPE_TYPE_NAMES: dict[type, str] = {**_TYPE_NAMES, type(None): "string"}
+_SUFFIXES: dict[type, str] = {kind: ":" + name for kind, name in _SHAPE_TYPE_NAMES.items()}
 
 
 def _collect_paths(obj: object, fmt: str) -> set[str]:
@@ -766,7 +771,11 @@ def _refuse_depth(fmt: str) -> None:
 
 
 def _suffix(value: object) -> str:
-    return _SUFFIXES.get(type(value)) or ":" + _type_name(value)
+    return _SUFFIXES.get(type(value)) or ":" + _shape_type_name(value)
+
+
+def _shape_type_name(value: object) -> str:
+    return "string" if value is None else _type_name(value)
 
 
 def _walk_object(node: dict[object, object], prefix: str, depth: int, add: Callable[[str], None],
@@ -806,7 +815,7 @@ def _collect_paths_iterative(obj: object) -> set[str]:
     paths: set[str] = set()
     if not isinstance(obj, (dict, list, tuple)):
         return paths
-    segments, type_names = _SEGMENTS, _TYPE_NAMES
+    segments, type_names = _SEGMENTS, _SHAPE_TYPE_NAMES
     stack: list[tuple[object, str]] = [(obj, "")]
     while stack:
         node, path = stack.pop()
@@ -820,7 +829,7 @@ def _collect_paths_iterative(obj: object) -> set[str]:
             item_path = path + "[]"
             children = ((item_path, value) for value in node)  # type: ignore[attr-defined]
         for child_path, value in children:
-            kind = type_names.get(type(value)) or _type_name(value)
+            kind = type_names.get(type(value)) or _shape_type_name(value)
             paths.add(child_path + ":" + kind)
             if kind == "object" or kind == "array":
                 stack.append((value, child_path))

@@ -568,3 +568,24 @@ def test_shape_paths_handles_any_depth_without_recursion() -> None:
         node["a"] = {}
         node = node["a"]
     assert len(shape_paths(obj)) == 10_000
+
+
+def test_a_field_sometimes_null_does_not_split_a_shape() -> None:
+    """An optional text field null in one reply and a string in another is one payload type (one
+    LLM question); a field that is sometimes a number and sometimes a string still splits."""
+    base = {"id": "ch_1", "status": "failed", "failure_code": "card_declined", "amount": 100}
+    assert shape_key("json", {**base, "failure_code": None}) == shape_key("json", base)
+    assert decode_payload(json.dumps({**base, "failure_code": None}), is_json=True).shape_key == \
+        decode_payload(json.dumps(base), is_json=True).shape_key
+    assert shape_key("json", {**base, "amount": "100"}) != shape_key("json", base)
+    # XML: an empty element and one with text are one shape too
+    assert decode_payload("<r><msg/><code>1</code></r>", is_json=False).shape_key == \
+        decode_payload("<r><msg>x</msg><code>1</code></r>", is_json=False).shape_key
+
+
+def test_shape_keys_without_nulls_are_unchanged() -> None:
+    """Keys are stored (paynorm.llm_shapes): payloads without nulls keep the key they always had
+    (the value below was computed by the shape walk before nulls counted as strings)."""
+    payload = {"id": "ch_1", "amount": 100, "status": "succeeded", "outcome": {"type": "authorized"},
+               "refunds": [{"id": "r"}]}
+    assert shape_key("json", payload) == "5d2ecc8800b7941f"
