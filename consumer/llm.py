@@ -67,8 +67,22 @@ PAYLOAD_KEYS = ("data", "transaction_data", "payload")  # lake row columns that 
 _STATUS_KEY_RE = re.compile(
     r"(^|[_@-])(status|state|result|outcome|decision|result_?code|response_?code|reason_?code|"
     r"return_?code|resp_?code|code|approved|success|successful|event_?code|event_?type|type|kind)$", re.I)
-_NEGATIVE_TOKEN_RE = re.compile(r"declin|refus|reject|denied|deny|fail|error|cancel|void|expir|fraud|"
-                                r"insufficient|not_?auth|unauthori|blocked|invalid|revers|chargeback", re.I)
+_NEGATIVE_TOKEN_RE = re.compile(
+    r"declin|refus|reject|denied|deny|fail|error|cancel|void|expir|fraud|insufficient|not_?auth|unauthori|"
+    r"blocked|invalid|revers|chargeback"
+    # es / pt / fr / de / it
+    r"|rechaz|deneg|recus|negad|negat|fallid|falh|erro|anulad|cancelad|vencid|invalid|no_?autoriz|nao_?autoriz|"
+    r"n[ãa]o autoriz|échou|echou|annul|refusé|abgelehnt|fehlgeschlagen|storn|abgelaufen|rifiut|annullat|scadut|"
+    r"^\s*(ko|nok|no|non|nein)\s*$", re.I)
+# The only fields an LLM rule may `map`, and only to their canonical values: a map can never rename
+# a provider, change a currency or amount, or set an identifier.
+LLM_MAP_FIELDS = ("status", "event_type", "decline_category", "payment_method", "card_network")
+# The key an is_test flag is read from must say it is a live/test flag; negate only on "live" flags.
+_TEST_FLAG_KEY_RE = re.compile(r"(^|_)(live|livemode|live_mode|is_live|test|testmode|test_mode|is_test|sandbox|"
+                               r"is_sandbox|environment|env|mode|production|prod)$")
+_LIVE_FLAG_KEY_RE = re.compile(r"(^|_)(live|livemode|live_mode|is_live|production|prod)$")
+_BOOLEAN_TOKENS = ("true", "false", "1", "0", "yes", "no", "t", "f", "y", "n")
+_COMMA_DECIMAL_RE = r"^-?[0-9]{1,3}([. '][0-9]{3})*(,[0-9]+)?$|^-?[0-9]+(,[0-9]+)?$"
 RETRYABLE = ("rate_limited", "server_error", "timeout", "connection_error")
 
 
@@ -213,7 +227,11 @@ def _seeds() -> dict[str, Any]:
     vocab: dict[tuple[str, str], str] = {}
     for r in rows("status_vocabulary"):
         vocab[(r["provider"], r["token"].strip().lower())] = r["status"]
-    return {"currencies": currencies, "countries": countries, "vocab": vocab}
+    canonical = {"payment_method": {r["payment_method"] for r in rows("payment_methods")},
+                 "card_network": {r["card_network"] for r in rows("card_networks")},
+                 "event_type": set(mappings.EVENT_TYPES), "status": set(mappings.STATUSES),
+                 "decline_category": set(mappings.DECLINE_CATEGORIES)}
+    return {"currencies": currencies, "countries": countries, "vocab": vocab, "canonical": canonical}
 
 
 def vocabulary_status(token: str | None, provider: str | None) -> str | None:
@@ -667,9 +685,32 @@ def policy_errors(rule: dict[str, Any], samples_text: str) -> list[str]:
     if isinstance(prov, dict) and prov.get("const") is not None and not _appears(str(prov["const"]), samples_text):
         errors.append(f"provider: the constant {str(prov['const'])!r} does not appear in the samples; "
                       "point provider.path at the field that names the provider, or use a name the samples show")
+    if isinstance(prov, dict) and (prov.get("map") or prov.get("default")):
+        errors.append("provider: no map or default in an LLM rule: the provider is the payload's own name for it "
+                      "(a map could relabel one provider as another)")
+    canonical = _seeds()["canonical"]
     for name, spec in fields.items():
         if not isinstance(spec, dict):
             continue
+        if spec.get("map"):
+            if name not in LLM_MAP_FIELDS:
+                errors.append(f"fields.{name}: a map may only produce canonical values of "
+                              f"{', '.join(LLM_MAP_FIELDS)}; it can never rename a provider, change a currency "
+                              f"or amount, or set an identifier — point the path at the value itself")
+            elif isinstance(spec["map"], dict):
+                bad = sorted({str(v) for v in spec["map"].values() if str(v) not in canonical[name]})
+                if bad:
+                    errors.append(f"fields.{name}.map: {', '.join(map(repr, bad))} are not canonical {name} values")
+        if name == "is_test" and spec:
+            path = str(spec.get("path") or spec.get("row_path") or "")
+            words = re.findall(r"[A-Za-z0-9_\-]+", path)
+            key = redact._norm_key(words[-1]) if words else ""
+            if not _TEST_FLAG_KEY_RE.search(key):
+                errors.append(f"fields.is_test: {path!r} is not a live/test flag (livemode, live, test, sandbox, "
+                              f"environment...); a rule may only mark events as tests from such a flag")
+            elif spec.get("negate") and not _LIVE_FLAG_KEY_RE.search(key):
+                errors.append(f"fields.is_test: negate is only for flags that say 'live' (livemode, live, "
+                              f"production); {path!r} is not one")
         if "const" in spec:
             if name == "amount":
                 errors.append("fields.amount: an LLM rule never holds a constant amount; point amount.path at "
@@ -859,6 +900,10 @@ def _judge(rule: dict[str, Any], groups: list[dict[str, Any]], found_cols: list[
     if shape_missed:
         errors.append(f"match: {rule.get('match')!r} is false for {shape_missed} of {shape_rows} rows of the shape; "
                       "it must be true for every row of this shape (test keys, not varying values)")
+    if captured:
+        errors.append(f"match: {rule.get('match')!r} also captures rows of {len(captured)} other unknown shape(s) "
+                      f"({sum(captured.values())} row(s)); a rule must match this shape only (test the keys that "
+                      f"make it this payload type)")
     if greedy:
         hit = _greedy_rules(conn, rule, others)
         errors.append(f"match: {rule.get('match')!r} also captures {greedy} row(s) that active rule(s) "
@@ -965,6 +1010,38 @@ def _greedy_rules(conn: psycopg.Connection, rule: dict[str, Any], others: list[d
     return hit
 
 
+def flag_evidence_errors(conn: psycopg.Connection, rule: dict[str, Any], shape_key: str) -> list[str]:
+    """Flags need evidence in the data: `decimal_comma` only where the shape's amounts are written
+    with a decimal comma, an is_test flag only on values that read as booleans."""
+    errors: list[str] = []
+    f = rule.get("fields") if isinstance(rule.get("fields"), dict) else {}
+
+    def values(spec: dict[str, Any]) -> list[str]:
+        root, path = ("l.row_data", spec["row_path"]) if spec.get("row_path") else ("l.payload", spec.get("path"))
+        if not isinstance(path, str):
+            return []
+        q = sql.SQL("select distinct jsonb_path_query_first({root}, {path}::jsonpath, '{{}}'::jsonb, true) #>> '{{}}' "
+                    "from {landing} as l where {live} and l.shape_key = {shape} limit 1000").format(
+            root=sql.SQL(root), path=sql.Literal(path), landing=sql.SQL(LANDING), live=LIVE,
+            shape=sql.Literal(shape_key))
+        return [r[0] for r in conn.execute(q).fetchall() if r[0] is not None]
+
+    amount = f.get("amount")
+    if isinstance(amount, dict) and amount.get("decimal_comma"):
+        vals = [v.strip() for v in values(amount)]
+        if not any("," in v for v in vals) or not all(re.match(_COMMA_DECIMAL_RE, v) for v in vals):
+            shown = ", ".join(repr(v) for v in vals[:5])
+            errors.append(f"fields.amount: decimal_comma needs amounts written with a decimal comma (1.234,56); "
+                          f"this shape's amounts are {shown or 'absent'}")
+    is_test = f.get("is_test")
+    if isinstance(is_test, dict) and (is_test.get("path") or is_test.get("row_path")):
+        vals = values(is_test)
+        odd = [v for v in vals if v.strip().lower() not in _BOOLEAN_TOKENS]
+        if odd:
+            errors.append(f"fields.is_test: {', '.join(repr(v) for v in odd[:5])} do not read as booleans")
+    return errors
+
+
 def validate_llm_rule(conn: psycopg.Connection, rule: dict[str, Any], shape_key: str, samples_text: str, *,
                       min_coverage: float = 0.95) -> Evaluation:
     """Every check an LLM rule must pass before it is stored (empty errors = accepted)."""
@@ -981,6 +1058,7 @@ def validate_llm_rule(conn: psycopg.Connection, rule: dict[str, Any], shape_key:
     try:
         with conn.transaction():
             ev = evaluate_rule(conn, rule, shape_key, min_coverage=min_coverage)
+            errors += flag_evidence_errors(conn, rule, shape_key)
     except psycopg.Error as e:
         errors.append(f"the rule cannot be applied in PostgreSQL: {(e.diag.message_primary or str(e)).strip()}")
         return Evaluation(errors, {"shape_key": shape_key})

@@ -148,12 +148,36 @@ BAD_RULES = {
     "wrong_enum": _with(ACME_RULE, status={"path": "$.txn.state", "map": {"APPROVED": "success"}}),
     "constant_amount": _with(ACME_RULE, amount={"const": 125, "unit": "minor"}),
     "greedy_match": {**ACME_RULE, "match": "$ ? (exists(@.gateway) || exists(@.id))"},
+    # hostile rules a model talked into wrong data could answer
+    "spanish_refusal_approved": _with(ACME_RULE, status={"path": "$.txn.state",
+                                                         "map": {"PENDING_REVIEW": "pending", "RECHAZADA": "approved"}}),
+    "portuguese_refusal_approved": _with(ACME_RULE, status={"path": "$.txn.state",
+                                                            "map": {"PENDING_REVIEW": "pending", "recusado": "approved"}}),
+    "ko_approved": _with(ACME_RULE, status={"path": "$.txn.state", "map": {"PENDING_REVIEW": "pending", "KO": "approved"}}),
+    "captures_other_shape": {**ACME_RULE, "match": "$ ? (exists(@.txn.state) || exists(@.uptime_s))"},
+    "provider_relabelled": {**ACME_RULE, "provider": {"path": "$.gateway", "map": {"acmepay": "stripe"}}},
+    "currency_changed": _with(ACME_RULE, currency={"path": "$.txn.ccy", "map": {"usd": "COP"}}),
+    "invented_transaction_id": _with(ACME_RULE, transaction_id={"path": "$.gateway", "map": {"acmepay": "TX-1"}}),
+    "decimal_comma_without_evidence": _with(ACME_RULE, amount={"path": "$.txn.amount_cents", "unit": "minor",
+                                                              "decimal_comma": True}),
+    "is_test_from_a_status": _with(ACME_RULE, is_test={"path": "$.txn.state", "negate": True}),
+    "is_test_negate_on_test_flag": _with(ACME_RULE, is_test={"path": "$.card.test", "negate": True}),
 }
 BAD_RULE_ERROR = {
     "wrong_path": "fields.amount: the path finds no amount",
     "wrong_enum": "'success' is not one of",
     "constant_amount": "never holds a constant amount",
     "greedy_match": "already match",
+    "spanish_refusal_approved": "'RECHAZADA' -> 'approved' contradicts the status vocabulary",
+    "portuguese_refusal_approved": "'recusado' -> 'approved' contradicts the status vocabulary",
+    "ko_approved": "'KO' -> 'approved' contradicts the status vocabulary",
+    "captures_other_shape": "also captures rows of 1 other unknown shape",
+    "provider_relabelled": "provider: no map or default in an LLM rule",
+    "currency_changed": "fields.currency: a currency is read from the payload",
+    "invented_transaction_id": "fields.transaction_id: a map may only produce canonical values",
+    "decimal_comma_without_evidence": "decimal_comma needs amounts written with a decimal comma",
+    "is_test_from_a_status": "is not a live/test flag",
+    "is_test_negate_on_test_flag": "negate is only for flags that say 'live'",
 }
 
 
