@@ -418,6 +418,74 @@ def mappings_validate(settings: Settings, directory: str | None, offline: bool) 
     sys.exit(1 if bad else 0)
 
 
+@mappings_group.command("test")
+@click.argument("rule_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--sample", type=int, default=10, show_default=True, help="Rows shown, every status first.")
+@click.pass_obj
+def mappings_test(settings: Settings, rule_file: str, sample: int) -> None:
+    """What a rule would capture in the warehouse now: rows, collisions with active rules, statuses,
+    a sample of amounts (compiled by the build's own macros; run `paynorm transform` first).
+
+    Exit 1 when the rule is invalid or collides with an active rule.
+
+    \b
+    Example:
+        paynorm mappings test mappings/acmepay_payment.yml
+    """
+    from . import authoring, mappings
+    from .transform import TransformError
+
+    _need(settings, "warehouse_dsn")
+    try:
+        rule = mappings.parse_rule(Path(rule_file).read_text(), name=rule_file)
+        report = authoring.test_rule(settings.warehouse_dsn, rule, home=settings.home, sample=sample,
+                                     project_dir=settings.dbt_project_dir or None)
+    except (mappings.MappingError, TransformError) as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(report.render())
+    sys.exit(0 if report.ok else 1)
+
+
+@mappings_group.command("scaffold")
+@click.argument("rule_id")
+@click.argument("payload_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--case", required=True, help="Fixture name suffix: <rule_id>__<case>.json.")
+@click.option("--description", required=True, help="What the case shows, and where the payload comes from.")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default=None,
+              help="Folder of rule files (default: the built-in mappings/).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing fixture of that name.")
+@click.pass_obj
+def mappings_scaffold(settings: Settings, rule_id: str, payload_file: str, case: str, description: str,
+                      directory: str | None, overwrite: bool) -> None:
+    """Write a fixture for RULE_ID whose expected values are what the build makes of PAYLOAD_FILE
+    (on a scratch cluster), for you to review: the expected block is a claim, correct the rule
+    until every value is right.
+
+    PAYLOAD_FILE holds the payload as the lake stores it: a JSON document, or any other text (XML,
+    name=value...) which is stored as a string.
+
+    \b
+    Example:
+        paynorm mappings scaffold stripe_charge charge.json --case refunded --description "Stripe docs: a refunded charge"
+    """
+    from . import authoring, mappings
+    from .jsonutil import loads_exact
+
+    text = Path(payload_file).read_text()
+    try:
+        raw = loads_exact(text)  # numbers stay exact (Decimal), never floats
+    except ValueError:
+        raw = text
+    try:
+        path, fixture = authoring.scaffold_fixture(rule_id, raw, case=case, description=description,
+                                                   directory=directory or mappings.DEFAULT_DIR, settings=settings,
+                                                   overwrite=overwrite)
+    except mappings.MappingError as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"wrote {path}; review every expected value:")
+    click.echo(json.dumps(fixture["expected"], indent=2, ensure_ascii=False))
+
+
 @mappings_group.command("sync")
 @click.option("--dir", "directory", type=click.Path(file_okay=False), default=None,
               help="Folder of rule files (default: the repo's mappings/).")

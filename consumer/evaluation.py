@@ -24,8 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -326,21 +324,6 @@ class Report:
 # -- the scratch run -------------------------------------------------------------------------------
 
 
-def _land_in_lake(lake_admin_dsn: str, records: list[CorpusRecord]) -> None:
-    import psycopg
-    from psycopg.types.json import Jsonb
-
-    from .jsonutil import dumps_exact
-
-    with psycopg.connect(lake_admin_dsn, autocommit=True) as conn, conn.cursor() as cur:
-        cur.executemany(
-            "insert into public.raw_transactions (id, data, merchant, transactional_id) values (%s, %s, %s, %s)",
-            [(r.key, Jsonb(r.record.get("data"), dumps=dumps_exact),
-              Jsonb(r.record.get("merchant"), dumps=dumps_exact) if r.record.get("merchant") is not None else None,
-              r.record.get("transactional_id")) for r in records],
-        )
-
-
 def _observe(warehouse_dsn: str, schema: str) -> dict[str, Observed]:
     import psycopg
     from psycopg import sql
@@ -371,40 +354,17 @@ def evaluate(path: str | os.PathLike[str], *, with_llm: bool = False, mappings_d
     ``with_llm``: also run the LLM step (OPENAI_API_KEY / OPENAI_BASE_URL of ``settings``). ``keep``:
     leave the scratch cluster's files (``work_dir``) for inspection; the cluster is stopped either way.
     """
-    from . import devdb
-    from .pipeline import Pipeline
-    from .settings import Settings
+    from .scratch import ScratchError, scratch
 
     records = read_corpus(path)
-    base = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="paynorm-eval-"))
-    base.mkdir(parents=True, exist_ok=True)
-    base.chmod(0o755)  # the postgres system user runs the server when we are root
-    cluster = devdb.Cluster(base / "pg")
     try:
-        if not devdb.wal2json_installed(cluster.bindir):
-            raise EvalError(f"wal2json is missing: apt-get install -y postgresql-{cluster.major}-wal2json")
-        cluster.init()
-        cluster.start()
-        lake_dsn = devdb.setup_lake(cluster, "eval_lake")
-        wh_dsn = devdb.setup_warehouse(cluster, "eval_warehouse", owner="eval_warehouse")
-        _land_in_lake(cluster.dsn("eval_lake"), records)
-        s = Settings() if settings is None else settings
-        s.lake_dsn, s.warehouse_dsn, s.slot, s.home = lake_dsn, wh_dsn, "paynorm_eval", base / "home"
-        s.table, s.payload_column = "public.raw_transactions", ""
-        if mappings_dir is not None:
-            s.mappings_dir = str(mappings_dir)
-        if not with_llm:
-            s.openai_api_key = ""
-        result = Pipeline(s, source="cdc", attempts=1).cycle()
-        if result.outcome != "ok":
-            errors = "; ".join(f"{st.name}: {st.error}" for st in result.stages if st.error)
-            raise EvalError(f"the scratch run failed: {errors or result.outcome}")
-        report = score(records, _observe(wh_dsn, "paynorm"))
-        report.meta = {"corpus": str(path), "records": len(records), "with_llm": with_llm,
-                       "mappings_dir": str(mappings_dir) if mappings_dir else "built-in",
-                       "stages": [f"{st.name} {st.outcome} {st.seconds:.1f}s" for st in result.stages]}
-        return report
-    finally:
-        cluster.stop("immediate")
-        if not keep:
-            shutil.rmtree(base, ignore_errors=True)
+        with scratch(work_dir, keep=keep) as sc:
+            sc.insert(r.record for r in records)
+            result = sc.run(settings, mappings_dir=mappings_dir, with_llm=with_llm)
+            report = score(records, _observe(sc.warehouse_dsn, "paynorm"))
+    except ScratchError as e:
+        raise EvalError(str(e)) from e
+    report.meta = {"corpus": str(path), "records": len(records), "with_llm": with_llm,
+                   "mappings_dir": str(mappings_dir) if mappings_dir else "built-in",
+                   "stages": [f"{st.name} {st.outcome} {st.seconds:.1f}s" for st in result.stages]}
+    return report

@@ -10,6 +10,7 @@ logged or written to disk.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import threading
@@ -173,6 +174,29 @@ def run_dbt(dsn: str, args: Sequence[str], *, home: str | Path = ".paynorm", sch
         if password:
             exc = exc.replace(password, "****")
     return TransformResult(bool(res.success), list(args), nodes, exc)
+
+
+def compile_inline(dsn: str, inline_sql: str, *, home: str | Path = ".paynorm", vars: dict[str, Any] | None = None,
+                   project_dir: str | Path = PROJECT_DIR) -> str:
+    """The SQL dbt compiles from ``inline_sql`` (Jinja with the project's macros and refs), for
+    paynorm to run itself: the one rule compiler serves previews and validation too."""
+    from dbt.cli.main import dbtRunner
+
+    home = Path(home).absolute()
+    profiles_dir, password = write_profiles_dir(dsn, home / "dbt", schema=DEFAULT_SCHEMA)
+    cmd = ["--quiet", "compile", "--inline", inline_sql, "--project-dir", str(project_dir),
+           "--profiles-dir", str(profiles_dir), "--target-path", str(home / "dbt" / "target-inline"),
+           "--log-path", str(home / "dbt" / "logs")]
+    if vars:
+        cmd += ["--vars", json.dumps(vars)]
+    with _DBT_LOCK, _secret_env(password):
+        res = dbtRunner().invoke(cmd)
+    results = getattr(res.result, "results", None) or []
+    code = getattr(getattr(results[0], "node", None), "compiled_code", None) if results else None
+    if not res.success or not code:
+        exc = str(res.exception) if res.exception is not None else "dbt compile --inline failed"
+        raise TransformError(exc.replace(password, "****") if password else exc)
+    return code
 
 
 def transform(dsn: str, *, home: str | Path = ".paynorm", select: Sequence[str] | None = None,

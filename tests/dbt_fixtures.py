@@ -17,6 +17,7 @@ import psycopg
 import pytest
 
 from consumer import mappings, transform
+from consumer.authoring import FIXTURE_COLUMNS
 from consumer.devdb import Cluster, DevDBError, setup_warehouse
 
 REPO = Path(__file__).resolve().parent.parent
@@ -24,12 +25,7 @@ FIXTURES = REPO / "mappings" / "fixtures"
 WAREHOUSE_SQL = REPO / "consumer" / "sql" / "warehouse.sql"
 
 # Canonical columns every event fixture must state (null included): the test checks each of them.
-CHECKED_COLUMNS = (
-    "transaction_id", "merchant_id", "merchant_name", "merchant_country", "provider", "event_type", "status",
-    "provider_status_raw", "decline_category", "response_code_raw", "error_message", "amount_minor", "currency",
-    "currency_exponent", "amount", "amount_raw", "amount_withheld_reason", "payment_method", "card_network", "issuer_country", "latency_ms",
-    "event_at", "is_test", "source_format", "normalizer", "mapping_id",
-)
+CHECKED_COLUMNS = FIXTURE_COLUMNS
 
 
 @dataclass

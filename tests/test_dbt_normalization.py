@@ -231,3 +231,28 @@ def test_conservation_test_can_fail(wh: Warehouse) -> None:
         finally:
             res = wh.build(full_refresh=True)
             assert res.success, res.summary()
+
+
+def test_mappings_test_shows_what_a_rule_would_capture(wh: Warehouse) -> None:
+    """`paynorm mappings test`: compiled by the build's own macros, on the built warehouse."""
+    from consumer import authoring
+
+    rule = mappings.parse_rule((mappings.DEFAULT_DIR / "stripe_charge.yml").read_text())
+    report = authoring.test_rule(wh.dsn, rule, home=wh.home)
+    stripe = {k for k, f in FIXTURES.items() if f["expected"].get("mapping_id") == "stripe_charge"}
+    assert report.ok and report.rows == len(stripe) and not report.collisions, report.render()
+    with wh.connect() as conn:
+        built = rows(conn, f"select lake_key, status, amount from {MARTS}.normalized_payment_events "
+                           f"where mapping_id = 'stripe_charge'")
+    assert sum(report.statuses.values()) == len(built)
+    assert report.statuses == {s: sum(1 for b in built if b["status"] == s) for s in {b["status"] for b in built}}
+    shown = {r["lake_key"]: (r["status"], r["amount"]) for r in report.sample}
+    assert all(shown[b["lake_key"]] == (b["status"], b["amount"]) for b in built if b["lake_key"] in shown)
+    # a greedy rule: what it would take from the rules that match those rows today
+    greedy = {**rule, "id": "greedy_test", "match": "$ ? (exists(@.amount))"}
+    report = authoring.test_rule(wh.dsn, greedy, home=wh.home)
+    assert not report.ok and report.collisions.get("stripe_charge") == len(stripe), report.render()
+    assert "COLLISION" in report.render()
+    bad = {**rule, "id": "bad_test", "fields": {**rule["fields"], "amount": {"path": "$.amount", "unit": "major"}}}
+    report = authoring.test_rule(wh.dsn, bad, home=wh.home)
+    assert report.errors and "contradicts stripe's amount convention" in report.render()

@@ -238,3 +238,34 @@ def test_overlapping_hand_written_rule_is_refused(conn: psycopg.Connection, tmp_
     errs = mappings.validate_files(rules, conn=conn)["greedy_amount.yml"]
     assert errs and all("expect no rule to match them" in e for e in errs), errs
     conn.execute("delete from paynorm.mappings where id = 'greedy_amount'")
+
+
+def test_scaffold_writes_a_fixture_from_the_build(tmp_path: Path) -> None:
+    """`paynorm mappings scaffold`: a scratch build of one payload becomes a fixture to review;
+    a payload the rule does not capture is refused."""
+    import json as _json
+
+    from click.testing import CliRunner
+
+    from consumer.cli import cli
+
+    rules = tmp_path / "mappings"
+    shutil.copytree(mappings.DEFAULT_DIR, rules)
+    payload = tmp_path / "charge.json"
+    payload.write_text('{"id": "ch_9", "object": "charge", "amount": 1050, "currency": "eur", "status": "failed",'
+                       ' "captured": false, "created": 1700000000, "livemode": true,'
+                       ' "failure_message": "Your card was declined.", "outcome": {"type": "issuer_declined",'
+                       ' "reason": "insufficient_funds"}}')
+    res = CliRunner().invoke(cli, ["mappings", "scaffold", "stripe_charge", str(payload), "--case", "scaffolded",
+                                   "--description", "test", "--dir", str(rules)])
+    assert res.exit_code == 0, res.output
+    fx = _json.loads((rules / "fixtures" / "stripe_charge__scaffolded.json").read_text())
+    e = fx["expected"]
+    assert (e["outcome"], e["mapping_id"], e["status"], e["amount"], e["currency"], e["decline_category"]) == \
+        ("event", "stripe_charge", "declined", "10.50", "EUR", "insufficient_funds")
+    assert set(e) >= set(__import__("consumer.authoring", fromlist=["x"]).FIXTURE_COLUMNS)
+    other = tmp_path / "other.json"
+    other.write_text('{"something": "else"}')
+    res = CliRunner().invoke(cli, ["mappings", "scaffold", "stripe_charge", str(other), "--case", "x",
+                                   "--description", "test", "--dir", str(rules)])
+    assert res.exit_code == 1 and "not captured by stripe_charge" in res.output
