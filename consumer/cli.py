@@ -751,7 +751,7 @@ def mappings_review(settings: Settings, samples: int) -> None:
 
     _need(settings, "warehouse_dsn")
     with psycopg.connect(settings.warehouse_dsn, autocommit=True) as conn:
-        click.echo(llm.render_review(llm.review(conn, limit=samples)))
+        click.echo(llm.render_review(llm.review(conn, settings, limit=samples)))
 
 
 def _rule_action(settings: Settings, rule_id: str, action: str) -> None:

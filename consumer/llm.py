@@ -1,7 +1,8 @@
 """The LLM step: one validated mapping rule per payload shape no rule knows.
 
-``run_llm_step`` finds the landed rows that no active rule matches, groups them by ``shape_key`` and,
-for each shape not tried yet, makes ONE request to an OpenAI-compatible chat endpoint (the official
+``run_llm_step`` reads the rows the build could not place (``normalization_pending``, and the
+shapes quarantined after an earlier try when retrying), groups them by ``shape_key`` and, for
+each shape not tried yet, makes ONE request to an OpenAI-compatible chat endpoint (the official
 ``openai`` client) for a mapping rule — never for the values of a row:
 
 - the request: the versioned prompt ``prompts/mapping_rule_v1.md`` (system message without any
@@ -11,10 +12,13 @@ for each shape not tried yet, makes ONE request to an OpenAI-compatible chat end
 - the answer becomes a rule (origin ``llm``) that is validated before use: the rule schema and its
   paths compiled in PostgreSQL (``mappings.validate_rule``), the LLM policy (no constant amount,
   status or identifier; a constant provider, currency, payment method or card network must appear
-  in the samples; the status map must not contradict the status vocabulary seed), and the rule
-  applied in SQL to EVERY row it would capture (its ``match`` covers the shape and captures no row
-  another active rule matches; canonical status for the large majority; valid, non-negative
-  amounts; ISO currencies and countries; parseable timestamps; every path finds something);
+  in the samples; the status map must not contradict the status vocabulary seed in any supported
+  language; a map only produces canonical values; flags need evidence in the data), and the rule
+  compiled by the build's own macros (``paynorm_rule_preview``: what validation sees is what the
+  build will do) and applied to EVERY row it would capture (its ``match`` covers the shape and
+  captures no row of another active rule or another shape; canonical status for the large
+  majority; valid, non-negative amounts; ISO currencies and countries; parseable timestamps;
+  every path finds something);
 - a refused rule gets ONE repair round with the errors, then the shape is marked ``unmappable``
   in ``paynorm.llm_shapes`` (its rows go to quarantine ``llm_unmappable``) until the model or the
   prompt changes, or ``retry_unmappable``;
@@ -36,10 +40,11 @@ import logging
 import re
 import time
 import uuid
+import datetime as dt
+from collections import Counter
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import psycopg
 from psycopg import sql
@@ -49,6 +54,7 @@ from consumer import mappings, redact
 from consumer.decode import shape_paths
 from consumer.jsonutil import dumps_exact, loads_exact
 from consumer.settings import Settings
+from consumer.transform import TransformError
 
 log = logging.getLogger(__name__)
 
@@ -211,19 +217,6 @@ def _seeds() -> dict[str, Any]:
         with open(SEEDS_DIR / f"{name}.csv", newline="") as f:
             return list(csv.DictReader(f))
 
-    currencies: dict[str, tuple[str, int]] = {}
-    for r in rows("currencies"):
-        exp = int(r["exponent"]) if (r.get("exponent") or "").strip().isdigit() else None
-        if exp is None:
-            continue
-        currencies[r["currency"].upper()] = (r["currency"].upper(), exp)
-        if (r.get("numeric_code") or "").strip():
-            currencies[r["numeric_code"].strip().zfill(3)] = (r["currency"].upper(), exp)
-    countries: dict[str, str] = {}
-    for r in rows("countries"):
-        for k in ("alpha2", "alpha3", "numeric_code"):
-            if (r.get(k) or "").strip():
-                countries[r[k].strip().upper()] = r["alpha2"]
     vocab: dict[tuple[str, str], str] = {}
     for r in rows("status_vocabulary"):
         vocab[(r["provider"], r["token"].strip().lower())] = r["status"]
@@ -231,7 +224,7 @@ def _seeds() -> dict[str, Any]:
                  "card_network": {r["card_network"] for r in rows("card_networks")},
                  "event_type": set(mappings.EVENT_TYPES), "status": set(mappings.STATUSES),
                  "decline_category": set(mappings.DECLINE_CATEGORIES)}
-    return {"currencies": currencies, "countries": countries, "vocab": vocab, "canonical": canonical}
+    return {"vocab": vocab, "canonical": canonical}
 
 
 def vocabulary_status(token: str | None, provider: str | None) -> str | None:
@@ -242,96 +235,27 @@ def vocabulary_status(token: str | None, provider: str | None) -> str | None:
     return v.get((provider or "", t)) or v.get(("*", t))
 
 
-def _code_key(text: str | None) -> str | None:
-    if text is None or not text.strip():
-        return None
-    t = text.strip()
-    return t.zfill(3) if re.fullmatch(r"[0-9]{1,3}", t) else t.upper()
+def _relation(ctx: "_Ctx", model: str) -> sql.Composable:
+    """A model's relation, named by the dbt manifest (never hard-coded here)."""
+    from consumer import transform
+
+    return sql.Identifier(*transform.relation_name(ctx.dsn, model, home=ctx.home, project_dir=ctx.project_dir))
 
 
-# -- SQL building blocks ----------------------------------------------------------------------------
+@dataclass
+class _Ctx:
+    """Where the warehouse's dbt project lives, for relation names and the rule compiler."""
 
+    dsn: str
+    home: Path
+    project_dir: Path | None = None
 
-def _json_value(root: str, path: str) -> sql.Composable:
-    return sql.SQL("(jsonb_path_query_first({}, {}::jsonpath, '{{}}'::jsonb, true) #>> '{{}}')").format(
-        sql.SQL(root), sql.Literal(path))
+    def compile(self, rule: dict[str, Any], shape_key: str) -> str:
+        """The SQL the build's own macros make of ``rule`` (paynorm_rule_preview) for ``shape_key``."""
+        from consumer import authoring
 
-
-def _raw(spec: dict[str, Any] | None, alias: str = "l") -> sql.Composable:
-    if not isinstance(spec, dict):
-        return sql.SQL("null::text")
-    if isinstance(spec.get("path"), str):
-        expr = _json_value(f"{alias}.payload", spec["path"])
-    elif isinstance(spec.get("row_path"), str):
-        expr = _json_value(f"{alias}.row_data", spec["row_path"])
-    elif spec.get("const") is not None:
-        expr = sql.SQL("{}::text").format(sql.Literal(str(spec["const"])))
-    else:
-        expr = sql.SQL("null::text")
-    if isinstance(spec.get("regex"), str) and spec["regex"]:
-        expr = sql.SQL("substring({} from {})").format(expr, sql.Literal(spec["regex"]))
-    return expr
-
-
-def _map(expr: sql.Composable, spec: dict[str, Any] | None) -> sql.Composable:
-    m = spec.get("map") if isinstance(spec, dict) else None
-    if not isinstance(m, dict) or not m:
-        return sql.SQL("null::text")
-    whens = [sql.SQL("when {} then {}").format(sql.Literal(str(k).strip().lower()), sql.Literal(str(v)))
-             for k, v in m.items()]
-    return sql.SQL("case lower(btrim({})) {} end").format(expr, sql.SQL(" ").join(whens))
-
-
-def _cases(spec: dict[str, Any] | None, alias: str = "l") -> sql.Composable:
-    cases = spec.get("cases") if isinstance(spec, dict) else None
-    if not isinstance(cases, list) or not cases:
-        return sql.SQL("null::text")
-    whens = [sql.SQL("when jsonb_path_exists({}.payload, {}::jsonpath, '{{}}'::jsonb, true) then {}").format(
-        sql.SQL(alias), sql.Literal(c["when"]), sql.Literal(str(c["value"]))) for c in cases]
-    return sql.SQL("case {} end").format(sql.SQL(" ").join(whens))
-
-
-def _enum(spec: dict[str, Any] | None, alias: str = "l") -> sql.Composable:
-    if not isinstance(spec, dict):
-        return sql.SQL("null::text")
-    const = spec.get("const")
-    return sql.SQL("coalesce({}, {}, {}::text)").format(
-        _cases(spec, alias), _map(_raw(spec, alias), spec), sql.Literal(None if const is None else str(const)))
-
-
-def _text(spec: dict[str, Any] | None, alias: str = "l") -> sql.Composable:
-    if not isinstance(spec, dict):
-        return sql.SQL("null::text")
-    raw = _raw(spec, alias)
-    return sql.SQL("coalesce({}, {}, nullif(btrim({}), ''), {}::text)").format(
-        _cases(spec, alias), _map(raw, spec), raw, sql.Literal(spec.get("default")))
-
-
-def _provider(spec: Any, alias: str = "l") -> sql.Composable:
-    if not isinstance(spec, dict):
-        return sql.SQL("'unknown'::text")
-    if spec.get("const"):
-        return sql.SQL("{}::text").format(sql.Literal(str(spec["const"])))
-    raw = _raw(spec, alias)
-    return sql.SQL("coalesce({}, nullif(btrim(regexp_replace(lower(btrim({})), '[^a-z0-9]+', '_', 'g'), '_'), ''), "
-                   "{}::text, 'unknown')").format(_map(raw, spec), raw, sql.Literal(spec.get("default")))
-
-
-def _active_rules(conn: psycopg.Connection, exclude: str | None = None) -> list[dict[str, Any]]:
-    with conn.cursor(row_factory=dict_row) as cur:
-        return list(cur.execute(
-            "select id, formats, match from paynorm.mappings where status = 'active' "
-            "and (%s::text is null or id <> %s) order by priority desc, id", (exclude, exclude)).fetchall())
-
-
-def _match_sql(rules: Iterable[dict[str, Any]], alias: str = "l") -> sql.Composable:
-    """True when one of ``rules`` (dicts with formats and match) matches the row ``alias``."""
-    parts = [sql.SQL("({a}.payload_format = any({f}::text[]) and "
-                     "jsonb_path_exists({a}.payload, {m}::jsonpath, '{{}}'::jsonb, true))").format(
-        a=sql.SQL(alias), f=sql.Literal(list(r["formats"])), m=sql.Literal(r["match"])) for r in rules]
-    if not parts:
-        return sql.SQL("false")
-    return sql.SQL("({})").format(sql.SQL(" or ").join(parts))
+        return authoring.preview_sql(self.dsn, rule, shape_key=shape_key, home=self.home,
+                                     project_dir=self.project_dir)
 
 
 LIVE = sql.SQL("not l.deleted and l.decode_error is null and l.payload is not null "
@@ -349,32 +273,35 @@ class Shape:
     llm_status: str | None = None  # paynorm.llm_shapes status when tried before (retry)
 
 
-def _intermediate_filter(conn: psycopg.Connection, active_ids: list[str]) -> sql.Composable:
-    """Skip rows the dbt intermediate model already matched (same image) to a still-active rule."""
-    if not active_ids or conn.execute("select to_regclass(%s)", (INTERMEDIATE,)).fetchone()[0] is None:
-        return sql.SQL("true")
-    return sql.SQL("not exists (select 1 from {} as t where t.lake_key = l.lake_key and t.load_seq = l.load_seq "
-                   "and t.mapping_id = any({}::text[]))").format(sql.SQL(INTERMEDIATE), sql.Literal(active_ids))
-
-
-def unmatched_shapes(conn: psycopg.Connection) -> list[Shape]:
-    """Every shape with live rows that no active rule matches (row counts), biggest first."""
-    rules = _active_rules(conn)
-    q = sql.SQL("select l.shape_key, min(l.payload_format), count(*) from {landing} as l "
-                "where {live} and {inter} and not {match} group by l.shape_key "
-                "order by count(*) desc, l.shape_key").format(
-        landing=sql.SQL(LANDING), live=LIVE, inter=_intermediate_filter(conn, [r["id"] for r in rules]),
-        match=_match_sql(rules))
+def unmatched_shapes(conn: psycopg.Connection, ctx: _Ctx, *, tried: bool = False) -> list[Shape]:
+    """Shapes whose rows no active rule matches, from the build's own outcome: the rows of
+    `normalization_pending` (and, with ``tried``, those quarantined after the LLM step tried their
+    shape), biggest first."""
+    parts = [sql.SQL("select shape_key, source_format from {} ").format(_relation(ctx, "normalization_pending"))]
+    if tried:
+        parts.append(sql.SQL("select shape_key, source_format from {} where reason in ('no_rule', 'llm_unmappable')"
+                             ).format(_relation(ctx, "normalization_quarantine")))
+    q = sql.SQL("select shape_key, min(source_format), count(*) from ({}) as u where shape_key is not null "
+                "group by shape_key order by count(*) desc, shape_key").format(sql.SQL(" union all ").join(parts))
     return [Shape(k, f, n) for k, f, n in conn.execute(q).fetchall()]
 
 
-def waiting_shapes(conn: psycopg.Connection, *, model: str, phash: str,
+def _shape_keys(conn: psycopg.Connection, ctx: _Ctx, shape_key: str) -> list[str]:
+    """Lake keys of the rows of a shape that no active rule matches (the LLM step's input)."""
+    q = sql.SQL("select lake_key from {} where shape_key = {} union "
+                "select lake_key from {} where shape_key = {} and reason in ('no_rule', 'llm_unmappable')").format(
+        _relation(ctx, "normalization_pending"), sql.Literal(shape_key),
+        _relation(ctx, "normalization_quarantine"), sql.Literal(shape_key))
+    return [r[0] for r in conn.execute(q).fetchall()]
+
+
+def waiting_shapes(conn: psycopg.Connection, ctx: _Ctx, *, model: str, phash: str,
                    retry_unmappable: bool = False) -> tuple[list[Shape], list[Shape]]:
     """(shapes to ask about, shapes already tried and left as they are)."""
     tried = {r[0]: (r[1], r[2], r[3]) for r in conn.execute(
         "select shape_key, status, model, prompt_hash from paynorm.llm_shapes").fetchall()}
     todo, done = [], []
-    for s in unmatched_shapes(conn):
+    for s in unmatched_shapes(conn, ctx, tried=True):
         t = tried.get(s.shape_key)
         if t is None:
             todo.append(s)
@@ -409,12 +336,12 @@ class Sample:
     row: dict[str, Any]
 
 
-def pick_samples(conn: psycopg.Connection, shape_key: str, n: int,
-                 not_matched: sql.Composable | None = None) -> list[Sample]:
-    """Up to ``n`` rows of the shape: one per distinct combination of status-like values first
-    (most frequent first), then the most recent others."""
+def pick_samples(conn: psycopg.Connection, shape_key: str, n: int, keys: list[str] | None = None) -> list[Sample]:
+    """Up to ``n`` rows of the shape (of ``keys``, the rows no rule matches, when given): one per
+    distinct combination of status-like values first (most frequent first), then the most recent."""
+    only = sql.SQL("l.lake_key = any({}::text[])").format(sql.Literal(keys)) if keys is not None else sql.SQL("true")
     base = sql.SQL("from {} as l where l.shape_key = {} and {} and {}").format(
-        sql.SQL(LANDING), sql.Literal(shape_key), LIVE, not_matched if not_matched is not None else sql.SQL("true"))
+        sql.SQL(LANDING), sql.Literal(shape_key), LIVE, only)
     first = conn.execute(sql.SQL("select l.payload::text ") + base + sql.SQL(" limit 1")).fetchone()
     if first is None:
         return []
@@ -765,249 +692,128 @@ def _paths_of(rule: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def _extract_select(rule: dict[str, Any], alias: str = "l") -> list[tuple[str, sql.Composable]]:
-    """Per-row columns that mirror the dbt macros for what validation and previews need."""
-    f = rule.get("fields") or {}
-    amount = f.get("amount") if isinstance(f.get("amount"), dict) else None
-    cols: list[tuple[str, sql.Composable]] = [
-        ("provider", _provider(rule.get("provider"), alias)),
-        ("status_mapped", _enum(f.get("status"), alias)),
-        ("status_token", sql.SQL("nullif(btrim({}), '')").format(_raw(f.get("status"), alias))),
-        ("amount_text", _raw(amount, alias) if amount else sql.SQL("null::text")),
-        ("currency_text", _text(f.get("currency"), alias)),
-        ("issuer_country_text", _text(f.get("issuer_country"), alias)),
-        ("merchant_country_text", _text(f.get("merchant_country"), alias) if f.get("merchant_country")
-         else sql.SQL("null::text")),
-        ("event_at_text", sql.SQL("btrim({})").format(_raw(f.get("event_at"), alias))),
-        ("transaction_id", _text(f.get("transaction_id"), alias)),
-        ("event_type", _enum(f.get("event_type"), alias)),
-    ]
-    for i, (_, spec) in enumerate(_paths_of(rule)):
-        path_only = {k: spec[k] for k in ("path", "row_path") if k in spec}
-        cols.append((f"found_{i}", sql.SQL("({} is not null)").format(_raw(path_only, alias))))
-    return cols
-
-
-def _amount_classes(rule: dict[str, Any]) -> list[tuple[str, sql.Composable]]:
-    amount = (rule.get("fields") or {}).get("amount")
-    if not isinstance(amount, dict):
-        return [("amount_class", sql.SQL("'missing'")), ("amount_frac", sql.SQL("null::int"))]
-    if amount.get("decimal_comma"):
-        clean = sql.SQL("replace(regexp_replace(btrim(x.amount_text), '[[:space:].'']', '', 'g'), ',', '.')")
-    else:
-        clean = sql.SQL("regexp_replace(btrim(x.amount_text), '^\\+', '')")
-    ok = sql.SQL("({} ~ '^-?[0-9]{{1,24}}(\\.[0-9]{{1,12}})?$')").format(clean)
-    absolute = bool(amount.get("absolute"))
-    cls = sql.SQL("case when x.amount_text is null then 'missing' when not {ok} then 'bad' "
-                  "when {clean}::numeric < 0 and not {absolute} then 'negative' else 'ok' end").format(
-        ok=ok, clean=clean, absolute=sql.Literal(absolute))
-    frac = sql.SQL("case when {ok} then scale(trim_scale({clean}::numeric)) end").format(ok=ok, clean=clean)
-    return [("amount_class", cls), ("amount_frac", frac)]
-
-
-def _event_class(rule: dict[str, Any]) -> sql.Composable:
-    ev = (rule.get("fields") or {}).get("event_at")
-    fmt = ev.get("format", "iso") if isinstance(ev, dict) else "iso"
-    if fmt == "epoch_s":
-        parsed = ("case when x.event_at_text ~ '^[0-9]{1,11}(\\.[0-9]{1,6})?$' then "
-                  "timestamptz '1970-01-01 00:00:00+00' + (x.event_at_text || ' seconds')::interval end")
-    elif fmt == "epoch_ms":
-        parsed = ("case when x.event_at_text ~ '^[0-9]{1,14}(\\.[0-9]{1,3})?$' then "
-                  "timestamptz '1970-01-01 00:00:00+00' + (x.event_at_text || ' milliseconds')::interval end")
-    else:
-        parsed = "paynorm.try_timestamptz(x.event_at_text)"
-    return sql.SQL("case when x.event_at_text is null then 'missing' "
-                   "when ({p}) between timestamptz '2000-01-01' and timestamptz '2100-01-01' then 'ok' "
-                   "else 'bad' end").format(p=sql.SQL(parsed))
-
-
 @dataclass
 class Evaluation:
     errors: list[str]
     figures: dict[str, Any]
 
 
-def evaluate_rule(conn: psycopg.Connection, rule: dict[str, Any], shape_key: str, *,
-                  min_coverage: float = 0.95) -> Evaluation:
-    """Apply ``rule`` in SQL to every live row it would capture plus every row of its shape that no
-    other active rule matches, and say what is wrong with it (empty errors = usable)."""
-    others = _active_rules(conn, exclude=rule.get("id"))
-    formats = list(rule.get("formats") or [])
-    match = sql.SQL("jsonb_path_exists(l.payload, {}::jsonpath, '{{}}'::jsonb, true)").format(
-        sql.Literal(rule["match"]))
-    cols = _extract_select(rule)
-    found_cols = [c for c, _ in cols if c.startswith("found_")]
-    q = sql.SQL("""
-        with cand as materialized (
-            select l.lake_key, l.shape_key, l.payload_format, l.payload, l.row_data, {match} as m
-            from {landing} as l
-            where {live} and l.payload_format = any({formats}::text[])
-              and (l.shape_key = {shape} or {match})
-        ),
-        flagged as materialized (
-            select l.*, {other} as other from cand as l
-        ),
-        x as (
-            select l.shape_key = {shape} as in_shape, l.shape_key, l.m, l.other, {cols}
-            from flagged as l
-        )
-        select x.in_shape, case when x.in_shape then null else x.shape_key end as other_shape, x.m, x.other,
-               x.provider, x.status_mapped, lower(x.status_token) as status_key, x.currency_text,
-               x.issuer_country_text, x.merchant_country_text, {amount}, {event} as event_class, {found}
-               count(*) as n
-        from x
-        group by 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13{found_groups}
-    """).format(
-        match=match, landing=sql.SQL(LANDING), live=LIVE, formats=sql.Literal(formats), shape=sql.Literal(shape_key),
-        other=_match_sql(others),
-        cols=sql.SQL(", ").join(sql.SQL("{} as {}").format(e, sql.Identifier(n)) for n, e in cols),
-        amount=sql.SQL(", ").join(sql.SQL("{} as {}").format(e, sql.Identifier(n)) for n, e in _amount_classes(rule)),
-        event=_event_class(rule),
-        found=sql.SQL("").join(sql.SQL("x.{}, ").format(sql.Identifier(c)) for c in found_cols),
-        found_groups=sql.SQL("").join(sql.SQL(", {}").format(sql.Literal(14 + i)) for i in range(len(found_cols))),
-    )
-    with conn.cursor(row_factory=dict_row) as cur:
-        groups = cur.execute(q).fetchall()
-    return _judge(rule, groups, found_cols, min_coverage, conn, others, shape_key)
-
-
 def _pct(a: int, b: int) -> float:
     return round(a / b, 4) if b else 0.0
 
 
-def _judge(rule: dict[str, Any], groups: list[dict[str, Any]], found_cols: list[str], thr: float,
-           conn: psycopg.Connection, others: list[dict[str, Any]], shape_key: str) -> Evaluation:
-    seeds = _seeds()
+_PREVIEW_COLUMNS = ("lake_key", "shape_key", "current_mapping_id", "provider", "transaction_id", "event_type",
+                    "status", "provider_status_raw", "invalid_reason", "amount_raw", "amount", "currency",
+                    "amount_withheld_reason", "issuer_country", "merchant_country", "event_at_parsed")
+
+
+def evaluate_rule(conn: psycopg.Connection, rule: dict[str, Any], shape_key: str, ctx: _Ctx, *,
+                  min_coverage: float = 0.95) -> Evaluation:
+    """Apply ``rule`` with the build's own compiler (``paynorm_rule_preview``) to every live row it
+    would capture plus every row of its shape no rule matches, and say what is wrong with it
+    (empty errors = usable): what validation sees is what the build will do."""
+    code = ctx.compile(rule, shape_key)
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in _PREVIEW_COLUMNS)
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(sql.SQL("select {} from ({}) as preview").format(cols, sql.SQL(code))).fetchall()
+    keys = _shape_keys(conn, ctx, shape_key)
+    return _judge(conn, rule, rows, keys, shape_key, min_coverage)
+
+
+def _found(conn: psycopg.Connection, rule: dict[str, Any], keys: list[str]) -> dict[str, int]:
+    """Per path of the rule (``where``), on how many of ``keys`` it finds a value (existence only:
+    the values themselves come from the compiled rule)."""
+    paths = _paths_of(rule)
+    if not paths or not keys:
+        return {}
+    exprs = []
+    for where, spec in paths:
+        root, path = ("l.row_data", spec["row_path"]) if isinstance(spec.get("row_path"), str) \
+            else ("l.payload", spec["path"])
+        exprs.append(sql.SQL("count(*) filter (where jsonb_path_query_first({}, {}::jsonpath, '{{}}'::jsonb, true) "
+                             "is not null)").format(sql.SQL(root), sql.Literal(path)))
+    q = sql.SQL("select {} from {} as l where l.lake_key = any({}::text[])").format(
+        sql.SQL(", ").join(exprs), sql.SQL(LANDING), sql.Literal(keys))
+    counts = conn.execute(q).fetchone() or ()
+    return {where: int(n) for (where, _), n in zip(paths, counts)}
+
+
+def _judge(conn: psycopg.Connection, rule: dict[str, Any], rows: list[dict[str, Any]], keys: list[str],
+           shape_key: str, thr: float) -> Evaluation:
     f = rule.get("fields") or {}
-    status_spec = f.get("status") if isinstance(f.get("status"), dict) else {}
-    use_vocab = status_spec.get("vocabulary", True) is not False
-    amount_spec = f.get("amount") if isinstance(f.get("amount"), dict) else None
     errors: list[str] = []
-    shape_rows = sum(g["n"] for g in groups if g["in_shape"] and not g["other"])
-    shape_missed = sum(g["n"] for g in groups if g["in_shape"] and not g["other"] and not g["m"])
-    greedy = sum(g["n"] for g in groups if g["m"] and g["other"])
-    captured: dict[str, int] = {}
-    for g in groups:
-        if g["m"] and not g["other"] and not g["in_shape"]:
-            captured[g["other_shape"]] = captured.get(g["other_shape"], 0) + g["n"]
-    pop = [g for g in groups if not g["other"] and (g["in_shape"] or g["m"])]
-    total = sum(g["n"] for g in pop)
-    fig: dict[str, Any] = {"shape_key": shape_key, "rows": total, "shape_rows": shape_rows,
-                           "match_missed": shape_missed, "captured_from_other_rules": greedy,
-                           "captured_other_shapes": captured, "min_coverage": thr}
-    if shape_rows == 0:
+    shape_keys = set(keys)
+    captured_keys = {r["lake_key"] for r in rows}
+    greedy = [r for r in rows if r["current_mapping_id"]]
+    others = Counter(r["shape_key"] for r in rows if not r["current_mapping_id"] and r["lake_key"] not in shape_keys)
+    pop = [r for r in rows if not r["current_mapping_id"] and r["lake_key"] in shape_keys]
+    missed = len(shape_keys - captured_keys)
+    total = len(pop)
+    fig: dict[str, Any] = {"shape_key": shape_key, "rows": total, "shape_rows": len(shape_keys),
+                           "match_missed": missed, "captured_from_other_rules": len(greedy),
+                           "captured_other_shapes": dict(others), "min_coverage": thr}
+    if not shape_keys:
         errors.append("no row of the shape is left to map (another active rule matches them all)")
-    if shape_missed:
-        errors.append(f"match: {rule.get('match')!r} is false for {shape_missed} of {shape_rows} rows of the shape; "
+    if missed:
+        errors.append(f"match: {rule.get('match')!r} is false for {missed} of {len(shape_keys)} rows of the shape; "
                       "it must be true for every row of this shape (test keys, not varying values)")
-    if captured:
-        errors.append(f"match: {rule.get('match')!r} also captures rows of {len(captured)} other unknown shape(s) "
-                      f"({sum(captured.values())} row(s)); a rule must match this shape only (test the keys that "
+    if others:
+        errors.append(f"match: {rule.get('match')!r} also captures rows of {len(others)} other unknown shape(s) "
+                      f"({sum(others.values())} row(s)); a rule must match this shape only (test the keys that "
                       f"make it this payload type)")
     if greedy:
-        hit = _greedy_rules(conn, rule, others)
-        errors.append(f"match: {rule.get('match')!r} also captures {greedy} row(s) that active rule(s) "
-                      f"{', '.join(hit) or '?'} already match; exclude them (make the filter more specific)")
-    # status
-    ok_status = 0
-    unmapped: dict[str, int] = {}
-    for g in pop:
-        st = g["status_mapped"] if g["status_mapped"] in mappings.STATUSES else None
-        if st is None and use_vocab:
-            st = vocabulary_status(g["status_key"], g["provider"])
-        if st is not None:
-            ok_status += g["n"]
-        else:
-            key = "(nothing at the status path)" if g["status_key"] is None else g["status_key"]
-            unmapped[key] = unmapped.get(key, 0) + g["n"]
-    fig["status_ok"] = ok_status
-    fig["status_coverage"] = _pct(ok_status, total)
+        hit = sorted({r["current_mapping_id"] for r in greedy})
+        errors.append(f"match: {rule.get('match')!r} also captures {len(greedy)} row(s) that active rule(s) "
+                      f"{', '.join(hit[:5])} already match; exclude them (make the filter more specific)")
+    # status: the compiled rule's own answer (map, vocabulary, default)
+    ok_status = sum(1 for r in pop if r["status"] is not None)
+    fig["status_ok"], fig["status_coverage"] = ok_status, _pct(ok_status, total)
     if total and ok_status / total < thr:
-        worst = sorted(unmapped.items(), key=lambda kv: -kv[1])[:10]
-        errors.append(f"fields.status: only {ok_status} of {total} rows get a canonical status (need "
-                      f"{thr:.0%}); values with no canonical status: "
-                      + ", ".join(f"{k!r} ({n})" for k, n in worst)
+        unmapped = Counter("(nothing at the status path)" if r["provider_status_raw"] is None
+                           else r["provider_status_raw"] for r in pop if r["status"] is None)
+        errors.append(f"fields.status: only {ok_status} of {total} rows get a canonical status (need {thr:.0%}); "
+                      "values with no canonical status: "
+                      + ", ".join(f"{k!r} ({n})" for k, n in unmapped.most_common(10))
                       + " — add them to status.map or point status.path at the provider's status")
-    # amount + currency
-    cur_ok = cur_n = 0
-    unknown_cur: dict[str, int] = {}
-    amt_n = amt_ok = 0
-    amt_problems: dict[str, int] = {}
-    for g in pop:
-        ckey = _code_key(g["currency_text"])
-        cur = seeds["currencies"].get(ckey) if ckey else None
-        if ckey is not None:
-            cur_n += g["n"]
-            if cur:
-                cur_ok += g["n"]
-            else:
-                unknown_cur[g["currency_text"]] = unknown_cur.get(g["currency_text"], 0) + g["n"]
-        if amount_spec is None or g["amount_class"] == "missing":
-            continue
-        amt_n += g["n"]
-        problem = None
-        if g["amount_class"] == "bad":
-            problem = "not a plain number"
-        elif g["amount_class"] == "negative":
-            problem = "negative"
-        elif amount_spec.get("unit") == "minor":
-            if g["amount_frac"]:
-                problem = "has decimals but unit is minor (use major)"
-            elif cur is None:
-                problem = "unit minor without a known currency (the exponent is unknown)"
-        elif amount_spec.get("unit") == "major" and cur is not None and (g["amount_frac"] or 0) > cur[1]:
-            problem = f"more decimals than {cur[0]} allows"
-        if problem:
-            amt_problems[problem] = amt_problems.get(problem, 0) + g["n"]
-        else:
-            amt_ok += g["n"]
-    fig.update({"amount_rows": amt_n, "amount_ok": amt_ok, "currency_rows": cur_n, "currency_ok": cur_ok})
-    if amount_spec is not None and amt_n == 0 and total:
+    # amount and currency
+    with_amount = [r for r in pop if r["amount_raw"] is not None]
+    bad_amounts = [r for r in with_amount if r["invalid_reason"] == "bad_amount"]
+    fig.update({"amount_rows": len(with_amount), "amount_ok": len(with_amount) - len(bad_amounts),
+                "amount_withheld": dict(Counter(r["amount_withheld_reason"] for r in pop
+                                                if r["amount_withheld_reason"]))})
+    if isinstance(f.get("amount"), dict) and total and not with_amount:
         errors.append(f"fields.amount: the path finds no amount in any of the {total} rows")
-    elif amt_n and amt_ok / amt_n < thr:
-        errors.append(f"fields.amount: only {amt_ok} of {amt_n} amounts are valid: "
-                      + ", ".join(f"{n} {p}" for p, n in amt_problems.items()))
-    if cur_n and cur_ok / cur_n < thr:
-        errors.append(f"fields.currency: {cur_n - cur_ok} of {cur_n} values are not ISO 4217 codes: "
-                      + ", ".join(repr(k) for k in list(unknown_cur)[:10]))
-    # countries
-    for col, name in (("issuer_country_text", "issuer_country"), ("merchant_country_text", "merchant_country")):
-        vals = [(g[col], g["n"]) for g in pop if g[col] is not None and g[col].strip()]
-        n = sum(c for _, c in vals)
-        ok = sum(c for v, c in vals if _code_key(v) in seeds["countries"])
+    elif with_amount and len(bad_amounts) / len(with_amount) > 1 - thr:
+        shown = ", ".join(repr(r["amount_raw"]) for r in bad_amounts[:5])
+        errors.append(f"fields.amount: {len(bad_amounts)} of {len(with_amount)} amounts are not valid for their "
+                      f"currency and unit (not a plain number, negative, or more decimals than allowed): {shown}")
+    unknown_cur = [r for r in pop if r["invalid_reason"] == "unknown_currency"]
+    fig["currency_rows"] = sum(1 for r in pop if r["currency"] is not None) + len(unknown_cur)
+    fig["currency_ok"] = fig["currency_rows"] - len(unknown_cur)
+    if unknown_cur and len(unknown_cur) / max(fig["currency_rows"], 1) > 1 - thr:
+        errors.append(f"fields.currency: {len(unknown_cur)} of {fig['currency_rows']} values are not ISO 4217 codes")
+    # paths: each finds something; countries and timestamps read where found
+    found = _found(conn, rule, [r["lake_key"] for r in pop])
+    for where, n in found.items():
+        if total and n == 0:
+            spec = dict(_paths_of(rule))[where]
+            errors.append(f"{where}: path {spec.get('path') or spec.get('row_path')!r} finds nothing in any of the "
+                          f"{total} rows")
+    for name in ("issuer_country", "merchant_country"):
+        n = found.get(f"fields.{name}", 0)
+        ok = sum(1 for r in pop if r[name] is not None)
         fig[f"{name}_ok"] = ok
         if n and ok / n < thr:
             errors.append(f"fields.{name}: {n - ok} of {n} values are not ISO 3166 country codes")
-    # event_at
-    ev_n = sum(g["n"] for g in pop if g["event_class"] != "missing")
-    ev_ok = sum(g["n"] for g in pop if g["event_class"] == "ok")
-    fig["event_at_ok"] = ev_ok
-    if ev_n and ev_ok / ev_n < thr:
+    n = found.get("fields.event_at", 0)
+    lo, hi = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc), dt.datetime(2100, 1, 1, tzinfo=dt.timezone.utc)
+    ok = sum(1 for r in pop if r["event_at_parsed"] is not None and lo <= r["event_at_parsed"] <= hi)
+    fig["event_at_ok"] = ok
+    if n and ok / n < thr:
         fmt = (f.get("event_at") or {}).get("format", "iso") if isinstance(f.get("event_at"), dict) else "iso"
-        errors.append(f"fields.event_at: {ev_n - ev_ok} of {ev_n} values do not parse as {fmt} dates between 2000 "
-                      "and 2100 (check format: iso, epoch_s or epoch_ms)")
-    # every path finds something
-    for i, (where, spec) in enumerate(_paths_of(rule)):
-        col = f"found_{i}"
-        if col in found_cols and total and not sum(g["n"] for g in pop if g[col]):
-            p = spec.get("path") or spec.get("row_path")
-            errors.append(f"{where}: path {p!r} finds nothing in any of the {total} rows")
+        errors.append(f"fields.event_at: {n - ok} of {n} values do not parse as {fmt} dates between 2000 and 2100 "
+                      "(check format: iso, epoch_s or epoch_ms)")
     return Evaluation(errors, fig)
-
-
-def _greedy_rules(conn: psycopg.Connection, rule: dict[str, Any], others: list[dict[str, Any]]) -> list[str]:
-    hit = []
-    for o in others:
-        if not set(o["formats"]) & set(rule.get("formats") or []):
-            continue
-        q = sql.SQL("select exists (select 1 from {} as l where {} and {} and "
-                    "jsonb_path_exists(l.payload, {}::jsonpath, '{{}}'::jsonb, true))").format(
-            sql.SQL(LANDING), LIVE, _match_sql([o]), sql.Literal(rule["match"]))
-        if conn.execute(q).fetchone()[0]:
-            hit.append(o["id"])
-        if len(hit) >= 5:
-            break
-    return hit
 
 
 def flag_evidence_errors(conn: psycopg.Connection, rule: dict[str, Any], shape_key: str) -> list[str]:
@@ -1042,8 +848,8 @@ def flag_evidence_errors(conn: psycopg.Connection, rule: dict[str, Any], shape_k
     return errors
 
 
-def validate_llm_rule(conn: psycopg.Connection, rule: dict[str, Any], shape_key: str, samples_text: str, *,
-                      min_coverage: float = 0.95) -> Evaluation:
+def validate_llm_rule(conn: psycopg.Connection, rule: dict[str, Any], shape_key: str, samples_text: str,
+                      ctx: _Ctx, *, min_coverage: float = 0.95) -> Evaluation:
     """Every check an LLM rule must pass before it is stored (empty errors = accepted)."""
     errors = mappings.validate_rule(rule, conn)
     if errors:  # schema errors: validate_rule skipped the PostgreSQL checks; report them too
@@ -1057,10 +863,13 @@ def validate_llm_rule(conn: psycopg.Connection, rule: dict[str, Any], shape_key:
         return Evaluation(errors, {"shape_key": shape_key})
     try:
         with conn.transaction():
-            ev = evaluate_rule(conn, rule, shape_key, min_coverage=min_coverage)
+            ev = evaluate_rule(conn, rule, shape_key, ctx, min_coverage=min_coverage)
             errors += flag_evidence_errors(conn, rule, shape_key)
     except psycopg.Error as e:
         errors.append(f"the rule cannot be applied in PostgreSQL: {(e.diag.message_primary or str(e)).strip()}")
+        return Evaluation(errors, {"shape_key": shape_key})
+    except TransformError as e:
+        errors.append(f"the rule does not compile: {str(e).strip()[:500]}")
         return Evaluation(errors, {"shape_key": shape_key})
     return Evaluation(errors + ev.errors, ev.figures)
 
@@ -1213,6 +1022,8 @@ def run_llm_step(conn_or_dsn: psycopg.Connection | str, settings: Settings, *, d
     another LLM step holds the lock.
     """
     conn, own = _connect(conn_or_dsn)
+    dsn = conn_or_dsn if isinstance(conn_or_dsn, str) else settings.warehouse_dsn
+    ctx = _Ctx(dsn, Path(settings.home), Path(settings.dbt_project_dir) if settings.dbt_project_dir else None)
     try:
         mappings.ensure_schema(conn)
         phash = prompt_hash()
@@ -1221,7 +1032,7 @@ def run_llm_step(conn_or_dsn: psycopg.Connection | str, settings: Settings, *, d
         if not conn.execute("select pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()[0]:
             raise LlmError("another `paynorm llm` run holds the lock on this warehouse; try again later")
         try:
-            _run(conn, settings, result, dry_run=dry_run, retry_unmappable=retry_unmappable,
+            _run(conn, settings, ctx, result, dry_run=dry_run, retry_unmappable=retry_unmappable,
                  budget=_Budget(settings.llm_max_calls if max_calls is None else max_calls,
                                 settings.llm_max_tokens if max_tokens is None else max_tokens),
                  sleep=sleep)
@@ -1233,11 +1044,15 @@ def run_llm_step(conn_or_dsn: psycopg.Connection | str, settings: Settings, *, d
             conn.close()
 
 
-def _run(conn: psycopg.Connection, settings: Settings, result: LlmRunResult, *, dry_run: bool,
+def _run(conn: psycopg.Connection, settings: Settings, ctx: _Ctx, result: LlmRunResult, *, dry_run: bool,
          retry_unmappable: bool, budget: _Budget, sleep: Callable[[float], None]) -> None:
     if conn.execute("select to_regclass(%s)", (LANDING,)).fetchone()[0] is None:
         return  # nothing landed yet (`paynorm init` / replicate create the landing)
-    todo, done = waiting_shapes(conn, model=settings.llm_model, phash=result.prompt_hash,
+    pending = _relation(ctx, "normalization_pending").as_string(conn)
+    if conn.execute("select to_regclass(%s)", (pending,)).fetchone()[0] is None:
+        raise LlmError(f"{pending} does not exist yet: build the models first (`paynorm transform`), the LLM "
+                       f"step asks about the rows the build could not place")
+    todo, done = waiting_shapes(conn, ctx, model=settings.llm_model, phash=result.prompt_hash,
                                 retry_unmappable=retry_unmappable)
     result.shapes_waiting = len(todo)
     result.rows_waiting = sum(s.rows for s in todo)
@@ -1248,17 +1063,10 @@ def _run(conn: psycopg.Connection, settings: Settings, result: LlmRunResult, *, 
         result.no_key = True
         return
     client = None if dry_run else _client(settings)
-    new_rules: list[dict[str, Any]] = []  # rules activated by this run
     for shape in todo:
-        if new_rules:
-            left = conn.execute(sql.SQL("select count(*) from {} as l where l.shape_key = {} and {} and not {}").format(
-                sql.SQL(LANDING), sql.Literal(shape.shape_key), LIVE, _match_sql(new_rules))).fetchone()[0]
-            if left == 0:
-                result.shapes.append(ShapeResult(shape.shape_key, shape.payload_format, shape.rows, "covered",
-                                                 new_rules[-1]["id"]))
-                continue
-        not_matched = sql.SQL("not {}").format(_match_sql(_active_rules(conn)))
-        samples = pick_samples(conn, shape.shape_key, settings.llm_samples, not_matched)
+        # a rule accepted for one shape never captures another one's rows (validation refuses it),
+        # so every waiting shape is asked about, once
+        samples = pick_samples(conn, shape.shape_key, settings.llm_samples, _shape_keys(conn, ctx, shape.shape_key))
         if not samples:
             continue
         messages = build_messages(shape, samples)
@@ -1271,11 +1079,8 @@ def _run(conn: psycopg.Connection, settings: Settings, result: LlmRunResult, *, 
         if budget.stop or not budget.allows(request):
             result.shapes.append(ShapeResult(shape.shape_key, shape.payload_format, shape.rows, "skipped"))
             continue
-        sr = _ask(conn, client, settings, result, shape, samples, messages, budget, sleep)
+        sr = _ask(conn, client, settings, ctx, result, shape, samples, messages, budget, sleep)
         result.shapes.append(sr)
-        if sr.outcome == "active" and sr.mapping_id:
-            new_rules.append({"id": sr.mapping_id, "formats": [shape.payload_format],
-                              "match": mappings.get_rule(conn, sr.mapping_id)["match"]})
     result.calls, result.tokens_in, result.tokens_out = budget.calls, budget.tokens_in, budget.tokens_out
     result.budget_stop = budget.stop
 
@@ -1331,7 +1136,7 @@ def _parse_answer(res: CallResult) -> tuple[str, dict[str, Any] | None, str | No
     return "ok", answer, None
 
 
-def _ask(conn: psycopg.Connection, client: Any, settings: Settings, result: LlmRunResult, shape: Shape,
+def _ask(conn: psycopg.Connection, client: Any, settings: Settings, ctx: _Ctx, result: LlmRunResult, shape: Shape,
          samples: list[Sample], messages: list[dict[str, str]], budget: _Budget,
          sleep: Callable[[float], None]) -> ShapeResult:
     sr = ShapeResult(shape.shape_key, shape.payload_format, shape.rows, "waiting")
@@ -1366,7 +1171,8 @@ def _ask(conn: psycopg.Connection, client: Any, settings: Settings, result: LlmR
         rule = {}
         try:
             rule = answer_to_rule(answer, shape)
-            ev = validate_llm_rule(conn, rule, shape.shape_key, samples_text, min_coverage=settings.llm_min_coverage)
+            ev = validate_llm_rule(conn, rule, shape.shape_key, samples_text, ctx,
+                                   min_coverage=settings.llm_min_coverage)
         except ValueError as e:
             ev = Evaluation([str(e)], {})
         except Exception as e:  # noqa: BLE001 - an answer that breaks the checks is an invalid answer
@@ -1403,67 +1209,45 @@ def _ask(conn: psycopg.Connection, client: Any, settings: Settings, result: LlmR
 # -- review -------------------------------------------------------------------------------------------
 
 
-def preview_rule(conn: psycopg.Connection, rule: dict[str, Any], *, shape_key: str | None = None,
+def preview_rule(conn: psycopg.Connection, rule: dict[str, Any], ctx: _Ctx, *, shape_key: str | None = None,
                  limit: int = 3) -> list[dict[str, Any]]:
-    """Sample rows the rule captures: {lake_key, before (redacted payload), after (canonical values)}."""
-    cols = [c for c in _extract_select(rule) if not c[0].startswith("found_")]
-    q = sql.SQL("select l.lake_key, l.payload::text as payload, {cols} from {landing} as l "
-                "where {live} and l.payload_format = any({formats}::text[]) "
-                "and jsonb_path_exists(l.payload, {match}::jsonpath, '{{}}'::jsonb, true) "
-                "order by (l.shape_key = {shape}) desc, l.load_seq desc limit {limit}").format(
-        cols=sql.SQL(", ").join(sql.SQL("{} as {}").format(e, sql.Identifier(n)) for n, e in cols),
-        landing=sql.SQL(LANDING), live=LIVE, formats=sql.Literal(list(rule.get("formats") or [])),
-        match=sql.Literal(rule["match"]), shape=sql.Literal(shape_key), limit=sql.Literal(limit))
+    """Sample rows the rule captures: {lake_key, before (redacted payload), after (canonical values
+    as the build's own compiler makes them)}, rows of ``shape_key`` first."""
+    code = ctx.compile(rule, shape_key or "")
+    q = sql.SQL("select p.*, l.payload::text as payload_text from ({}) as p join {} as l on l.lake_key = p.lake_key "
+                "order by (p.shape_key = {}) desc, l.load_seq desc limit {}").format(
+        sql.SQL(code), sql.SQL(LANDING), sql.Literal(shape_key), sql.Literal(limit))
     out = []
-    f = rule.get("fields") or {}
-    amount_spec = f.get("amount") if isinstance(f.get("amount"), dict) else {}
-    status_spec = f.get("status") if isinstance(f.get("status"), dict) else {}
     with conn.cursor(row_factory=dict_row) as cur:
         for r in cur.execute(q).fetchall():
-            status = r["status_mapped"] if r["status_mapped"] in mappings.STATUSES else None
-            if status is None and status_spec.get("vocabulary", True) is not False:
-                status = vocabulary_status(r["status_token"], r["provider"])
-            ck = _code_key(r["currency_text"])
-            cur_iso = _seeds()["currencies"].get(ck) if ck else None
-            amount = None
-            text = r["amount_text"]
-            if text is not None:
-                t = text.strip()
-                if amount_spec.get("decimal_comma"):
-                    t = re.sub(r"[\s.']", "", t).replace(",", ".")
-                try:
-                    value = Decimal(t.lstrip("+"))
-                    if amount_spec.get("absolute"):
-                        value = abs(value)
-                    amount = (value.scaleb(-cur_iso[1]) if amount_spec.get("unit") == "minor" and cur_iso
-                              else value if amount_spec.get("unit") == "major" else None)
-                except Exception:  # noqa: BLE001 - a preview shows what it can
-                    amount = None
             out.append({
                 "lake_key": r["lake_key"],
-                "before": redact.redact(loads_exact(r["payload"])),
-                "after": {"provider": r["provider"], "transaction_id": r["transaction_id"], "status": status,
-                          "provider_status_raw": r["status_token"],
-                          "amount": None if amount is None else str(amount), "amount_raw": text,
-                          "currency": cur_iso[0] if cur_iso else None, "event_type": r["event_type"] or "unknown",
-                          "event_at_raw": r["event_at_text"]},
+                "before": redact.redact(loads_exact(r["payload_text"])),
+                "after": {"provider": r["provider"], "transaction_id": r["transaction_id"], "status": r["status"],
+                          "provider_status_raw": r["provider_status_raw"], "event_type": r["event_type"],
+                          "amount": None if r["amount"] is None else str(r["amount"]), "amount_raw": r["amount_raw"],
+                          "amount_withheld_reason": r["amount_withheld_reason"], "currency": r["currency"],
+                          "event_at": None if r["event_at_parsed"] is None else r["event_at_parsed"].isoformat(),
+                          "invalid_reason": r["invalid_reason"]},
             })
     return out
 
 
-def review(conn: psycopg.Connection, *, limit: int = 3) -> list[dict[str, Any]]:
+def review(conn: psycopg.Connection, settings: Settings, *, limit: int = 3) -> list[dict[str, Any]]:
     """Proposed rules (newest first) with their validation figures and sample before/after rows."""
     mappings.ensure_schema(conn)
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute("select id, origin, model, prompt_hash, rule, validation, updated_at from paynorm.mappings "
                            "where status = 'proposed' order by updated_at desc, id").fetchall()
+    ctx = _Ctx(settings.warehouse_dsn, Path(settings.home),
+               Path(settings.dbt_project_dir) if settings.dbt_project_dir else None)
     out = []
     for r in rows:
         shape = (r["validation"] or {}).get("shape_key")
         try:
             with conn.transaction():
-                samples = preview_rule(conn, r["rule"], shape_key=shape, limit=limit)
-        except psycopg.Error as e:
+                samples = preview_rule(conn, r["rule"], ctx, shape_key=shape, limit=limit)
+        except (psycopg.Error, TransformError) as e:
             samples = [{"error": str(e)}]
         out.append({**r, "shape_key": shape, "samples": samples})
     return out

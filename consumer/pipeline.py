@@ -26,6 +26,9 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 SOURCES = ("cdc", "poll", "files")
+# What the transform stage builds before the LLM step: the intermediate models and the two views
+# that say which landed rows no rule could place (the LLM step's input).
+LLM_INPUT_MODELS = ("+intermediate", "normalization_pending", "normalization_quarantine")
 
 _RUNS_DDL = """
 create table if not exists paynorm.runs (
@@ -192,7 +195,7 @@ class Pipeline:
             # Staging and intermediate with their own tests only ("cautious": the conservation test
             # of the marts waits for the marts), then the LLM step, then intermediate again (rules the
             # LLM added re-normalize their rows) and the marts.
-            ("transform", self._dbt(["+intermediate"], ["--indirect-selection", "cautious"], sync_rules=True)),
+            ("transform", self._dbt(list(LLM_INPUT_MODELS), ["--indirect-selection", "cautious"], sync_rules=True)),
             ("llm", self._llm),
             ("marts", self._dbt(["intermediate+"], [], sync_rules=False)),
         ]

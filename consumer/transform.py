@@ -10,6 +10,7 @@ logged or written to disk.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -176,6 +177,25 @@ def run_dbt(dsn: str, args: Sequence[str], *, home: str | Path = ".paynorm", sch
     return TransformResult(bool(res.success), list(args), nodes, exc)
 
 
+def relation_name(dsn: str, model: str, *, home: str | Path = ".paynorm",
+                  project_dir: str | Path | None = None) -> tuple[str, str]:
+    """(schema, name) of a dbt model's relation in the warehouse, as the project's manifest names it:
+    read from the last build's manifest, or from `dbt parse` when there is none."""
+    home = Path(home).absolute()
+    manifest = home / "dbt" / "target" / "manifest.json"
+    for attempt in (1, 2):
+        if manifest.exists():
+            nodes = json.loads(manifest.read_text()).get("nodes", {})
+            for node in nodes.values():
+                if node.get("resource_type") == "model" and node.get("name") == model:
+                    return str(node["schema"]), str(node.get("alias") or node["name"])
+        if attempt == 1:
+            res = run_dbt(dsn, ["parse"], home=home, project_dir=project_dir or PROJECT_DIR, quiet=True)
+            if not res.success:
+                raise TransformError(f"dbt parse failed: {res.exception or res.summary()}")
+    raise TransformError(f"the dbt project has no model {model!r}")
+
+
 def compile_inline(dsn: str, inline_sql: str, *, home: str | Path = ".paynorm", vars: dict[str, Any] | None = None,
                    project_dir: str | Path = PROJECT_DIR) -> str:
     """The SQL dbt compiles from ``inline_sql`` (Jinja with the project's macros and refs), for
@@ -184,13 +204,13 @@ def compile_inline(dsn: str, inline_sql: str, *, home: str | Path = ".paynorm", 
 
     home = Path(home).absolute()
     profiles_dir, password = write_profiles_dir(dsn, home / "dbt", schema=DEFAULT_SCHEMA)
-    cmd = ["--quiet", "compile", "--inline", inline_sql, "--project-dir", str(project_dir),
+    cmd = ["--quiet", "--log-level", "none", "compile", "--inline", inline_sql, "--project-dir", str(project_dir),
            "--profiles-dir", str(profiles_dir), "--target-path", str(home / "dbt" / "target-inline"),
            "--log-path", str(home / "dbt" / "logs")]
     if vars:
         cmd += ["--vars", json.dumps(vars)]
-    with _DBT_LOCK, _secret_env(password):
-        res = dbtRunner().invoke(cmd)
+    with _DBT_LOCK, _secret_env(password), contextlib.redirect_stdout(io.StringIO()):
+        res = dbtRunner().invoke(cmd)  # `compile` prints the SQL on stdout: it is ours to run, not to show
     results = getattr(res.result, "results", None) or []
     code = getattr(getattr(results[0], "node", None), "compiled_code", None) if results else None
     if not res.success or not code:

@@ -11,6 +11,7 @@ import itertools
 import json
 import logging
 import re
+import tempfile
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -23,11 +24,14 @@ import yaml
 from click.testing import CliRunner
 from psycopg.rows import dict_row
 
-from consumer import llm, mappings, redact
+from psycopg import sql
+
+from consumer import llm, mappings, redact, transform
+from consumer.pipeline import LLM_INPUT_MODELS
 from consumer.cli import cli
 from consumer.devdb import setup_warehouse
 from consumer.settings import Settings
-from tests.dbt_fixtures import (WAREHOUSE_SQL, Warehouse, dbt_tmp, land, landing_row,  # noqa: F401
+from tests.dbt_fixtures import (WAREHOUSE_SQL, Warehouse, dbt_tmp, land, landing_row,  # noqa: F401, F811
                                 load_fixtures, make_warehouse, marts_schema)
 from tests.openai_stub import OpenAIStub, Reply, by_shape
 
@@ -236,22 +240,36 @@ def stub() -> Iterator[OpenAIStub]:
         yield s
 
 
-@pytest.fixture
-def db(wh: Warehouse, stub: OpenAIStub) -> str:
-    """A fresh warehouse database with the landing, the paynorm tables and the built-in rules."""
-    stub.reset()
-    name = f"llm_{next(_dbs)}"
+@pytest.fixture(scope="module")
+def template(wh: Warehouse, dbt_tmp: Path) -> str:  # noqa: F811
+    """A built warehouse (landing, paynorm tables, built-in rules, the models up to the LLM step's
+    input) to clone per test: the LLM step reads what the build could not place."""
+    name = "llm_template"
     dsn = setup_warehouse(wh.cluster, name, owner="warehouse")
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(WAREHOUSE_SQL.read_text())
         mappings.ensure_schema(conn)
-        assert mappings.sync(conn).ok
         land(conn, landing_rows())
-    return dsn
+    res = transform.transform(dsn, home=dbt_tmp / "llm-template-home", select=list(LLM_INPUT_MODELS),
+                              extra_args=["--indirect-selection", "cautious"], quiet=True)
+    assert res.success, res.summary()
+    return name
+
+
+@pytest.fixture
+def db(wh: Warehouse, stub: OpenAIStub, template: str) -> str:
+    """A fresh clone of the built template database."""
+    stub.reset()
+    name = f"llm_{next(_dbs)}"
+    with wh.cluster.connect() as conn:
+        conn.execute(sql.SQL("create database {} template {} owner warehouse").format(
+            sql.Identifier(name), sql.Identifier(template)))
+    return wh.cluster.dsn(name, "warehouse")
 
 
 def settings_for(dsn: str, stub: OpenAIStub, tmp: Path | None = None, **kw: Any) -> Settings:
     s = Settings()
+    s.home = _home(dsn)
     s.warehouse_dsn = dsn
     s.openai_api_key = KEY
     s.openai_base_url = stub.url
@@ -267,6 +285,14 @@ def settings_for(dsn: str, stub: OpenAIStub, tmp: Path | None = None, **kw: Any)
     for k, v in kw.items():
         setattr(s, k, v)
     return s
+
+
+def _home(dsn: str) -> Path:
+    return Path(tempfile.gettempdir()) / "paynorm-llm-tests" / dsn.rsplit("/", 1)[-1]
+
+
+def ctx_for(dsn: str) -> "llm._Ctx":
+    return llm._Ctx(dsn, _home(dsn))
 
 
 def all_good() -> Any:
@@ -388,7 +414,7 @@ def test_response_schema_is_strict_and_derived_from_the_rule_schema() -> None:
 def test_k_shapes_cost_k_calls_and_a_second_run_costs_none(db: str, stub: OpenAIStub) -> None:
     stub.reset(all_good())
     with psycopg.connect(db, autocommit=True) as conn:
-        before = {s.shape_key: s.rows for s in llm.unmatched_shapes(conn)}
+        before = {s.shape_key: s.rows for s in llm.unmatched_shapes(conn, ctx_for(db))}
     assert before == {SHAPES["acme"]: 6, SHAPES["zeta"]: 3, SHAPES["inject"]: 3, SHAPES["heartbeat"]: 2}
     res = llm.run_llm_step(db, settings_for(db, stub))
     assert len(stub.requests) == 4, [r.shape_key for r in stub.requests]
@@ -590,7 +616,7 @@ def test_no_key_says_what_waits_and_exits_0(db: str, stub: OpenAIStub, tmp_path:
     assert "14 row(s) in 4 unknown shape(s) wait" in res.summary() and "OPENAI_API_KEY" in res.summary()
     out = CliRunner().invoke(cli, ["llm"], env=cli_env(db, stub, tmp_path, OPENAI_API_KEY=""), catch_exceptions=False)
     assert out.exit_code == 0, out.output
-    assert out.output.strip().count("\n") == 0 and "14 row(s) in 4 unknown shape(s) wait" in out.output
+    assert out.stdout.strip().count("\n") == 0 and "14 row(s) in 4 unknown shape(s) wait" in out.stdout
     assert stub.requests == [] and q(db, "select * from paynorm.llm_shapes") == []
 
 
@@ -626,7 +652,9 @@ def test_proposed_rules_review_approve_reject_export(db: str, stub: OpenAIStub, 
     out = CliRunner().invoke(cli, ["mappings", "review"], env=env, catch_exceptions=False)
     assert out.exit_code == 0, out.output
     assert f"== {acme_id}" in out.output and "before:" in out.output and "after:" in out.output
-    assert '"status": "pending"' in out.output and '"amount": "77.00"' in out.output  # PENDING_REVIEW, 7700 cents
+    # PENDING_REVIEW, 7700 "cents" of a provider without a documented convention: shown withheld
+    assert '"status": "pending"' in out.output and '"amount_raw": "7700"' in out.output
+    assert '"amount_withheld_reason": "unit_unverified"' in out.output
     assert '"status": "declined"' in out.output and '"currency": "USD"' in out.output
     assert EMAILS[0] not in out.output and "4111111111111111" not in out.output
     out = CliRunner().invoke(cli, ["mappings", "export", acme_id], env=env, catch_exceptions=False)
@@ -642,8 +670,11 @@ def test_proposed_rules_review_approve_reject_export(db: str, stub: OpenAIStub, 
     assert {r["id"]: r["status"] for r in q(db, "select id, status from paynorm.mappings where origin = 'llm'")} == {
         acme_id: "active", zeta_id: "rejected", f"llm_shape_{SHAPES['inject']}": "proposed"}
     assert q(db, "select status from paynorm.llm_shapes where shape_key = %s", SHAPES["zeta"]) == [{"status": "failed"}]
+    res = transform.transform(db, home=ctx_for(db).home, select=list(LLM_INPUT_MODELS),
+                              extra_args=["--indirect-selection", "cautious"], quiet=True)
+    assert res.success, res.summary()
     with psycopg.connect(db, autocommit=True) as conn:
-        waiting = {s.shape_key for s in llm.unmatched_shapes(conn)}
+        waiting = {s.shape_key for s in llm.unmatched_shapes(conn, ctx_for(db), tried=True)}
     assert SHAPES["acme"] not in waiting and SHAPES["zeta"] in waiting  # approved rule matches now
     out = CliRunner().invoke(cli, ["mappings", "approve", "no_such_rule"], env=env)
     assert out.exit_code != 0 and "no rule" in out.output
@@ -658,7 +689,7 @@ def test_injection_cannot_make_values_the_payload_does_not_hold(db: str, stub: O
                                  (HIJACK_NOTE, ["is not a status token"]),
                                  (HIJACK_REGEX, ["no regex in an LLM rule"])):
             rule = llm.answer_to_rule(strict_answer(hijack, check=False), llm.Shape(SHAPES["inject"], "json", 3))
-            errors = llm.validate_llm_rule(conn, rule, SHAPES["inject"], samples_text).errors
+            errors = llm.validate_llm_rule(conn, rule, SHAPES["inject"], samples_text, ctx_for(db)).errors
             for e in expected:
                 assert any(e in x for x in errors), (e, errors)
     # a model that keeps obeying the payload: the shape ends unmappable, no rule is stored

@@ -87,8 +87,8 @@ def test_run_once_end_to_end(env: Env, home: Path) -> None:
 
 def test_dbt_failure_exits_non_zero_and_keeps_landed_data(env: Env, home: Path, tmp_path: Path) -> None:
     project = tmp_path / "project"
-    shutil.copytree(REPO, project, ignore=shutil.ignore_patterns(".venv", ".git", ".paynorm", "target", "tests",
-                                                                 "bench", "__pycache__", "logs"))
+    skip = shutil.ignore_patterns(".venv", ".git", ".paynorm", "target", "bench", "__pycache__", "logs")
+    shutil.copytree(REPO, project, ignore=lambda d, names: skip(d, names) | ({"tests"} if Path(d) == REPO else set()))
     (project / "models" / "intermediate" / "int_broken.sql").write_text(
         "select lake_key, no_such_column from {{ ref('stg_lake__transactions') }}\n")
     n = _generate(env, 50)
