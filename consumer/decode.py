@@ -92,7 +92,9 @@ _EXTERNAL_DOCTYPE = re.compile(
 # After the root element: whitespace, or a few stray characters that are not markup (a trailing
 # quote left by a copy), which say nothing about the document.
 _XML_TRAILER = re.compile(r"[^<>&]{0,8}\Z")
-_NVP_KEY = re.compile(r"[^\W\d][\w.\-\[\]]*\Z")
+# A name=value key: word characters (and . - [ ]) with at least one letter; it may start with a
+# digit (Sage Pay `3DSecureStatus`, MIGS `3DSstatus`), never be all digits.
+_NVP_KEY = re.compile(r"(?=[\w.\-\[\]]*[^\W\d])\w[\w.\-\[\]]*\Z")
 _CSV_HEADER_FIELD = re.compile(r"\w[\w .\-/#()%]*\Z")
 _PLAIN_KEY = re.compile(r"[^.\[\]:\"\\\s]+\Z")
 

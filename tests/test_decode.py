@@ -589,3 +589,12 @@ def test_shape_keys_without_nulls_are_unchanged() -> None:
     payload = {"id": "ch_1", "amount": 100, "status": "succeeded", "outcome": {"type": "authorized"},
                "refunds": [{"id": "r"}]}
     assert shape_key("json", payload) == "5d2ecc8800b7941f"
+
+
+def test_name_value_keys_may_start_with_a_digit() -> None:
+    """Sage Pay `3DSecureStatus`, MIGS `3DSstatus`: still name=value; an all-digit key is not."""
+    sage = decode_payload("VPSProtocol=2.23\r\nStatus=OK\r\n3DSecureStatus=NOTCHECKED", is_json=False)
+    assert (sage.payload_format, payload_of(sage)["3DSecureStatus"]) == ("nvp", "NOTCHECKED")
+    assert payload_of(decode_payload("vpc_Amount=100&3DSstatus=Y", is_json=False)) == {
+        "vpc_Amount": "100", "3DSstatus": "Y"}
+    assert decode_payload("1=2&3=4", is_json=False).payload_format == "text"
