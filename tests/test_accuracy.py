@@ -15,9 +15,12 @@ from consumer import evaluation
 CORPUS = Path(__file__).resolve().parent / "corpus" / "real_payloads.jsonl"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "real_payloads.jsonl"
 
-# Measured with `make accuracy`; see README "What you get".
-MIN_NORMALIZED = 90          # records of 259 normalized by the built-in rules
-MIN_STATUS_CORRECT_PCT = 85.0
+# Measured with `make accuracy` (README, "How well it normalizes"): 249 of 259 normalized, every
+# status right, 0 wrong amounts. The 10 left wait for the LLM step: error bodies that do not say
+# which provider wrote them ({code, message}, an HTML 500 page, a bare SkipJack change-status line).
+MIN_NORMALIZED = 249
+MIN_STATUS_CORRECT = 249
+MIN_STATUS_CORRECT_PCT = 99.0
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +45,6 @@ def test_no_wrong_money_and_nothing_lost(report: evaluation.Report) -> None:
 def test_coverage_and_statuses_do_not_regress(report: evaluation.Report) -> None:
     t = report.totals
     assert t["normalized"] >= MIN_NORMALIZED, report.render(details=True)
-    assert t["status_pct"] >= MIN_STATUS_CORRECT_PCT, [
+    assert t["status_correct"] >= MIN_STATUS_CORRECT and t["status_pct"] >= MIN_STATUS_CORRECT_PCT, [
         f"line {r.line} {r.label.provider}: {r.predicted_status} vs {r.label.status} ({r.observed.mapping_id})"
         for r in report.status_errors()]
