@@ -47,7 +47,7 @@ clean:
 	-$(BIN)/paynorm dev down --destroy
 	rm -rf $(VENV) *.egg-info .pytest_cache target logs
 
-# Benchmarks (issue 7): own cluster and data, results in bench/results/ and bench/README.md. Not run in CI.
+# Benchmarks: own cluster and data, results in bench/results/ and bench/README.md. Not run in CI.
 .PHONY: bench bench-quick
 bench: install postgres
 	$(BIN)/python bench/run.py --full

@@ -643,7 +643,7 @@ def eval_cmd(settings: Settings, corpus: str, with_llm: bool, mappings_dir: str 
     sys.exit(1 if failures else 0)
 
 
-# -- files source (issue 6) -----------------------------------------------------------------------
+# -- files source --------------------------------------------------------------------------------
 
 
 @cli.command()
@@ -691,7 +691,7 @@ def load(settings: Settings, path_or_uri: str | None, once: bool | None, interva
         sys.exit(result.exit_code)
 
 
-# -- the LLM step (issue 4) ------------------------------------------------------------------------
+# -- the LLM step ---------------------------------------------------------------------------------
 
 
 @cli.command("llm")

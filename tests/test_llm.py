@@ -1,4 +1,4 @@
-"""The LLM step (issue 4): real PostgreSQL, real HTTP to a scripted OpenAI-compatible server.
+"""The LLM step: real PostgreSQL, real HTTP to a scripted OpenAI-compatible server.
 
 Nothing is mocked: `consumer.llm` talks to ``tests/openai_stub.py`` through the official ``openai``
 client, and the tests assert on what the stub recorded (requests, headers, bodies) and on what the
