@@ -32,7 +32,6 @@ each shape not tried yet, makes ONE request to an OpenAI-compatible chat endpoin
 
 from __future__ import annotations
 
-import csv
 import functools
 import hashlib
 import json
@@ -60,7 +59,6 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = mappings.REPO_ROOT
 PROMPT_PATH = REPO_ROOT / "prompts" / "mapping_rule_v1.md"
-SEEDS_DIR = REPO_ROOT / "seeds"
 LANDING = "raw.lake_transactions"
 INTERMEDIATE = "paynorm_intermediate.int_transactions_normalized"
 LLM_RULE_PRIORITY = 50  # below the built-in rules' default (100): a built-in rule wins any overlap
@@ -80,13 +78,6 @@ _NEGATIVE_TOKEN_RE = re.compile(
     r"|rechaz|deneg|recus|negad|negat|fallid|falh|erro|anulad|cancelad|vencid|invalid|no_?autoriz|nao_?autoriz|"
     r"n[ãa]o autoriz|échou|echou|annul|refusé|abgelehnt|fehlgeschlagen|storn|abgelaufen|rifiut|annullat|scadut|"
     r"^\s*(ko|nok|no|non|nein)\s*$", re.I)
-# The only fields an LLM rule may `map`, and only to their canonical values: a map can never rename
-# a provider, change a currency or amount, or set an identifier.
-LLM_MAP_FIELDS = ("status", "event_type", "decline_category", "payment_method", "card_network")
-# The key an is_test flag is read from must say it is a live/test flag; negate only on "live" flags.
-_TEST_FLAG_KEY_RE = re.compile(r"(^|_)(live|livemode|live_mode|is_live|test|testmode|test_mode|is_test|sandbox|"
-                               r"is_sandbox|environment|env|mode|production|prod)$")
-_LIVE_FLAG_KEY_RE = re.compile(r"(^|_)(live|livemode|live_mode|is_live|production|prod)$")
 _BOOLEAN_TOKENS = ("true", "false", "1", "0", "yes", "no", "t", "f", "y", "n")
 _COMMA_DECIMAL_RE = r"^-?[0-9]{1,3}([. '][0-9]{3})*(,[0-9]+)?$|^-?[0-9]+(,[0-9]+)?$"
 RETRYABLE = ("rate_limited", "server_error", "timeout", "connection_error")
@@ -212,28 +203,8 @@ def response_format() -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=1)
-def _seeds() -> dict[str, Any]:
-    def rows(name: str) -> list[dict[str, str]]:
-        with open(SEEDS_DIR / f"{name}.csv", newline="") as f:
-            return list(csv.DictReader(f))
-
-    vocab: dict[tuple[str, str], str] = {}
-    for r in rows("status_vocabulary"):
-        vocab[(r["provider"], r["token"].strip().lower())] = r["status"]
-    canonical = {"payment_method": {r["payment_method"] for r in rows("payment_methods")},
-                 "card_network": {r["card_network"] for r in rows("card_networks")},
-                 "event_type": set(mappings.EVENT_TYPES), "status": set(mappings.STATUSES),
-                 "decline_category": set(mappings.DECLINE_CATEGORIES)}
-    return {"vocab": vocab, "canonical": canonical}
-
-
 def vocabulary_status(token: str | None, provider: str | None) -> str | None:
-    if token is None:
-        return None
-    v = _seeds()["vocab"]
-    t = token.strip().lower()
-    return v.get((provider or "", t)) or v.get(("*", t))
-
+    return None if token is None else mappings.vocabulary_status(token, provider)
 
 def _relation(ctx: "_Ctx", model: str) -> sql.Composable:
     """A model's relation, named by the dbt manifest (never hard-coded here)."""
@@ -615,29 +586,9 @@ def policy_errors(rule: dict[str, Any], samples_text: str) -> list[str]:
     if isinstance(prov, dict) and (prov.get("map") or prov.get("default")):
         errors.append("provider: no map or default in an LLM rule: the provider is the payload's own name for it "
                       "(a map could relabel one provider as another)")
-    canonical = _seeds()["canonical"]
     for name, spec in fields.items():
         if not isinstance(spec, dict):
             continue
-        if spec.get("map"):
-            if name not in LLM_MAP_FIELDS:
-                errors.append(f"fields.{name}: a map may only produce canonical values of "
-                              f"{', '.join(LLM_MAP_FIELDS)}; it can never rename a provider, change a currency "
-                              f"or amount, or set an identifier — point the path at the value itself")
-            elif isinstance(spec["map"], dict):
-                bad = sorted({str(v) for v in spec["map"].values() if str(v) not in canonical[name]})
-                if bad:
-                    errors.append(f"fields.{name}.map: {', '.join(map(repr, bad))} are not canonical {name} values")
-        if name == "is_test" and spec:
-            path = str(spec.get("path") or spec.get("row_path") or "")
-            words = re.findall(r"[A-Za-z0-9_\-]+", path)
-            key = redact._norm_key(words[-1]) if words else ""
-            if not _TEST_FLAG_KEY_RE.search(key):
-                errors.append(f"fields.is_test: {path!r} is not a live/test flag (livemode, live, test, sandbox, "
-                              f"environment...); a rule may only mark events as tests from such a flag")
-            elif spec.get("negate") and not _LIVE_FLAG_KEY_RE.search(key):
-                errors.append(f"fields.is_test: negate is only for flags that say 'live' (livemode, live, "
-                              f"production); {path!r} is not one")
         if "const" in spec:
             if name == "amount":
                 errors.append("fields.amount: an LLM rule never holds a constant amount; point amount.path at "

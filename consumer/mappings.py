@@ -15,6 +15,7 @@ import functools
 import hashlib
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -270,11 +271,92 @@ def check_money(rule: dict[str, Any]) -> list[str]:
     return errors
 
 
+# The only fields a rule may `map`, and only to their canonical values: a map can never rename a
+# provider, change a currency or amount, or set an identifier (an LLM back door otherwise).
+MAP_FIELDS = ("status", "event_type", "decline_category", "payment_method", "card_network")
+# An is_test flag is read from a key that says it is a live/test flag; negate only on "live" flags.
+_TEST_FLAG_KEY_RE = re.compile(
+    r"(^|_)(live|livemode|live_mode|is_live|test|testmode|test_mode|is_test|test_request|testrequest|test_ipn|"
+    r"sandbox|is_sandbox|environment|env|mode|production|prod)$")
+_LIVE_FLAG_KEY_RE = re.compile(r"(^|_)(live|livemode|live_mode|is_live|production|prod)$")
+SEEDS_DIR = REPO_ROOT / "seeds"
+
+
+@functools.lru_cache(maxsize=4)
+def _read_seed(name: str) -> tuple[dict[str, str], ...]:
+    with open(SEEDS_DIR / f"{name}.csv", newline="", encoding="utf-8") as fh:
+        return tuple(csv.DictReader(fh))
+
+
+def vocabulary_status(token: str, provider: str | None = None) -> str | None:
+    """The canonical status the status vocabulary seed gives ``token`` (provider rows first)."""
+    t = str(token).strip().lower()
+    found = {(r["provider"], r["token"].strip().lower()): r["status"] for r in _read_seed("status_vocabulary")}
+    return found.get((provider or "", t)) or found.get(("*", t))
+
+
+def canonical_values(field_name: str) -> set[str]:
+    """The values a `map` of ``field_name`` may produce."""
+    if field_name == "payment_method":
+        return {r["payment_method"] for r in _read_seed("payment_methods")}
+    if field_name == "card_network":
+        return {r["card_network"] for r in _read_seed("card_networks")}
+    return set({"status": STATUSES, "event_type": EVENT_TYPES, "decline_category": DECLINE_CATEGORIES}[field_name])
+
+
+def _last_key(path: str) -> str:
+    words = re.findall(r"[A-Za-z0-9_\-]+", path)
+    if not words:
+        return ""
+    k = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", words[-1])
+    return re.sub(r"[^a-z0-9]+", "_", k.lower()).strip("_")
+
+
+def check_semantics(rule: dict[str, Any]) -> list[str]:
+    """What no rule may do, built-in or proposed: a map that produces anything but canonical values
+    of an enum field; a status map that reads a refusal or failure of the vocabulary (any supported
+    language) as approved, or an approval as declined/error; an is_test flag read from a key that is
+    not a live/test flag."""
+    errors: list[str] = []
+    fields = rule.get("fields") if isinstance(rule.get("fields"), dict) else {}
+    prov = rule.get("provider") if isinstance(rule.get("provider"), dict) else {}
+    for name, spec in fields.items():
+        if not isinstance(spec, dict):
+            continue
+        m = spec.get("map")
+        if m and name not in MAP_FIELDS:
+            errors.append(f"fields.{name}: a map may only produce canonical values of {', '.join(MAP_FIELDS)}; it "
+                          f"can never rename a provider, change a currency or amount, or set an identifier: "
+                          f"point the path at the value itself")
+        elif isinstance(m, dict) and name in ("payment_method", "card_network"):
+            bad = sorted({str(v) for v in m.values() if str(v) not in canonical_values(name)})
+            if bad:
+                errors.append(f"fields.{name}.map: {', '.join(map(repr, bad))} are not canonical {name} values")
+        if name == "is_test" and (spec.get("path") or spec.get("row_path")):
+            path = str(spec.get("path") or spec.get("row_path"))
+            key = _last_key(path)
+            if not _TEST_FLAG_KEY_RE.search(key):
+                errors.append(f"fields.is_test: {path!r} is not a live/test flag (livemode, live, test, sandbox, "
+                              f"environment...); events may only be marked as tests from such a flag")
+            elif spec.get("negate") and not _LIVE_FLAG_KEY_RE.search(key):
+                errors.append(f"fields.is_test: negate is only for flags that say 'live' (livemode, live, "
+                              f"production); {path!r} is not one")
+    status = fields.get("status")
+    if isinstance(status, dict) and isinstance(status.get("map"), dict):
+        for raw, value in status["map"].items():
+            seed = vocabulary_status(str(raw), prov.get("const"))
+            if seed is not None and ((seed in ("declined", "error") and value == "approved")
+                                     or (seed == "approved" and value in ("declined", "error"))):
+                errors.append(f"fields.status.map: {str(raw)!r} -> {value!r} contradicts the status vocabulary "
+                              f"({str(raw)!r} is {seed})")
+    return errors
+
+
 def validate_rule(rule: dict[str, Any], conn: psycopg.Connection | None = None) -> list[str]:
     """Problems of one rule (empty list = valid).
 
     Without a connection: JSON Schema, canonical field names, enum values, the money policy
-    (:func:`check_money`). With one, also: every jsonpath compiles in PostgreSQL, `match`/`when`
+    (:func:`check_money`), what no rule may do (:func:`check_semantics`). With one, also: every jsonpath compiles in PostgreSQL, `match`/`when`
     are filter expressions, regexes compile.
     """
     errors: list[str] = []
@@ -291,6 +373,7 @@ def validate_rule(rule: dict[str, Any], conn: psycopg.Connection | None = None) 
         errors.append(msg)
     if not errors:
         errors.extend(check_money(rule))
+        errors.extend(check_semantics(rule))
     if conn is not None and not errors:
         errors.extend(check_sql(rule, conn))
     return errors
@@ -572,8 +655,7 @@ def set_status(conn: psycopg.Connection, rule_id: str, status: str) -> None:
 
 
 def active_ruleset_hash(conn: psycopg.Connection) -> str:
-    """Hash of the active rule set (changes whenever a rule is added, edited, activated or removed)."""
-    row = conn.execute(
-        "select md5(coalesce(string_agg(id || ':' || rule_hash, ',' order by id collate \"C\"), '')) "
-        "from paynorm.mappings where status = 'active'").fetchone()
+    """Hash of the active rule set (changes whenever a rule is added, edited, activated or removed):
+    paynorm.active_ruleset_hash(), the same function the dbt models call."""
+    row = conn.execute("select paynorm.active_ruleset_hash()").fetchone()
     return row[0]

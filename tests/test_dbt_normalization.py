@@ -256,3 +256,30 @@ def test_mappings_test_shows_what_a_rule_would_capture(wh: Warehouse) -> None:
     bad = {**rule, "id": "bad_test", "fields": {**rule["fields"], "amount": {"path": "$.amount", "unit": "major"}}}
     report = authoring.test_rule(wh.dsn, bad, home=wh.home)
     assert report.errors and "contradicts stripe's amount convention" in report.render()
+
+
+def test_validation_path_and_build_agree_on_every_fixture(wh: Warehouse) -> None:
+    """Parity: the preview the rule validation uses (paynorm_rule_preview, for LLM rules and
+    `mappings test`) gives every canonical column the build gives, on every built-in fixture."""
+    from consumer import authoring
+
+    rules = [rf.rule for rf in mappings.load_rule_files()]
+    code = authoring.preview_sql(wh.dsn, rules, home=wh.home)
+    with wh.connect() as conn:
+        preview = {r["lake_key"]: r for r in rows(conn, f"select * from ({code}) as p")}
+        built = {r["lake_key"]: r for r in rows(conn, f"select * from {MARTS}.normalized_payment_events")}
+        quarantined = {r["lake_key"]: r for r in rows(conn, f"select * from {MARTS}.normalization_quarantine")}
+    compared = [c for c in CHECKED_COLUMNS if c not in ("event_at", "source_format")]
+    events = [k for k, f in FIXTURES.items() if f["expected"]["outcome"] == "event"]
+    assert events and set(built) == set(events)
+    for key in events:
+        p, b = preview[key], built[key]
+        diffs = {c: (p[c], b[c]) for c in compared if p[c] != b[c]}
+        if p["event_at_parsed"] is not None:
+            diffs.update({} if p["event_at_parsed"] == b["event_at"] else {"event_at": (p["event_at_parsed"], b["event_at"])})
+        assert p["outcome"] == "event" and not diffs, (key, diffs)
+    for key, q in quarantined.items():
+        if q["mapping_id"] is not None:  # matched, then quarantined by the conversion
+            assert (preview[key]["outcome"], preview[key]["invalid_reason"]) == ("quarantine", q["reason"]), key
+    matched = {k for k, f in FIXTURES.items() if f["expected"].get("mapping_id")}
+    assert set(preview) == matched  # the preview captures exactly the rows the build matched

@@ -269,3 +269,28 @@ def test_scaffold_writes_a_fixture_from_the_build(tmp_path: Path) -> None:
     res = CliRunner().invoke(cli, ["mappings", "scaffold", "stripe_charge", str(other), "--case", "x",
                                    "--description", "test", "--dir", str(rules)])
     assert res.exit_code == 1 and "not captured by stripe_charge" in res.output
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda r: r["fields"].update(transaction_id={"path": "$.id", "map": {"ch_1": "TX-1"}}),
+     "fields.transaction_id: a map may only produce canonical values"),
+    (lambda r: r["fields"]["status"]["map"].update(RECHAZADA="approved"), "'RECHAZADA' -> 'approved' contradicts"),
+    (lambda r: r["fields"]["status"]["map"].update(recusado="approved"), "'recusado' -> 'approved' contradicts"),
+    (lambda r: r["fields"]["status"]["map"].update(aprobada="declined"), "'aprobada' -> 'declined' contradicts"),
+    (lambda r: r["fields"].update(is_test={"path": "$.status", "negate": True}), "is not a live/test flag"),
+    (lambda r: r["fields"].update(is_test={"path": "$.test", "negate": True}), "negate is only for flags"),
+    (lambda r: r["fields"].update(card_network={"path": "$.brand", "map": {"vi": "vizza"}}), "not canonical"),
+])
+def test_what_no_rule_may_do_hand_written_or_not(mutate, expected: str) -> None:
+    """The same semantic checks as for LLM rules refuse a hand-written rule."""
+    r = stripe()
+    mutate(r)
+    errors = mappings.validate_rule(r)
+    assert errors and any(expected in e for e in errors), errors
+
+
+def test_one_ruleset_hash(conn: psycopg.Connection) -> None:
+    """Python and the dbt models read the same function."""
+    mappings.sync(conn)
+    h = conn.execute("select paynorm.active_ruleset_hash()").fetchone()[0]
+    assert mappings.active_ruleset_hash(conn) == h and len(h) == 32

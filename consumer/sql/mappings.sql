@@ -78,3 +78,11 @@ begin
 exception when others then
     return null;
 end $$;
+
+-- The hash of the active rule set: the ONE definition, used by the dbt models (which rows to
+-- re-normalize when it changes) and by Python alike.
+create or replace function paynorm.active_ruleset_hash() returns text
+language sql stable as $$
+    select md5(coalesce(string_agg(id || ':' || rule_hash, ',' order by id collate "C"), ''))
+    from paynorm.mappings where status = 'active'
+$$;

@@ -1,18 +1,27 @@
-{#- What ONE candidate rule (a parsed rule document, e.g. `var('paynorm_candidate')`) would make of
-    the live landed rows it matches, compiled by the same macros as the build (paynorm_match_case,
-    paynorm_extract, paynorm_convert): one row per captured lake row with every canonical column,
-    `invalid_reason`, `amount_withheld_reason`, plus `current_mapping_id` (the active rule that
-    matches the row today, if any) and `shape_key`. `shape_key`: only rows of that shape and rows
-    the candidate captures. Used by `paynorm mappings test` and the LLM step's validation. -#}
-{% macro paynorm_rule_preview(candidate, shape_key=none) -%}
-  {%- if candidate is not mapping or candidate.id is not defined or candidate.match is not defined -%}
-    {{ exceptions.raise_compiler_error("paynorm_rule_preview: candidate must be a rule document with id and match") }}
-  {%- endif -%}
+{#- What candidate rules (a parsed rule document, e.g. `var('paynorm_candidate')`, or a list of
+    them, tried in priority order like the build) would make of the live landed rows they match,
+    compiled by the same macros as the build (paynorm_match_case, paynorm_extract, paynorm_convert):
+    one row per captured lake row with every canonical column, `invalid_reason`,
+    `amount_withheld_reason`, plus `current_mapping_id` (the active rule, other than the candidates,
+    that matches the row today, if any) and `shape_key`. `shape_key`: only rows of that shape and
+    rows a candidate captures. Used by `paynorm mappings test`, the LLM step's validation and the
+    parity test. -#}
+{% macro paynorm_rule_preview(candidates, shape_key=none) -%}
+  {%- set listed = candidates if (candidates is iterable and candidates is not mapping and candidates is not string)
+                   else [candidates] -%}
+  {%- set cands = [] -%}
+  {%- for c in listed -%}
+    {%- if c is not mapping or c.id is not defined or c.match is not defined -%}
+      {{ exceptions.raise_compiler_error("paynorm_rule_preview: a candidate must be a rule document with id and match") }}
+    {%- endif -%}
+    {%- do cands.append({'id': c.id, 'rule_hash': 'candidate', 'priority': c.priority | default(100),
+                         'formats': c.formats, 'rule': c, 'origin': c.origin | default('user'),
+                         'model': c.model | default(none)}) -%}
+  {%- endfor -%}
+  {%- set cands = cands | sort(attribute='id') | sort(attribute='priority', reverse=true) -%}
+  {%- set ids = cands | map(attribute='id') | list -%}
   {%- set active = [] -%}
-  {%- for r in paynorm_active_rules() if r.id != candidate.id -%}{%- do active.append(r) -%}{%- endfor -%}
-  {%- set cand = {'id': candidate.id, 'rule_hash': 'candidate', 'priority': candidate.priority | default(100),
-                  'formats': candidate.formats, 'rule': candidate, 'origin': candidate.origin | default('user'),
-                  'model': candidate.model | default(none)} -%}
+  {%- for r in paynorm_active_rules() if r.id not in ids -%}{%- do active.append(r) -%}{%- endfor -%}
 with
 
 staged as (
@@ -21,7 +30,7 @@ staged as (
     where not is_deleted and decode_error is null
     {%- if shape_key %}
       and (shape_key = {{ paynorm_sql_string(shape_key) }}
-           or {{ paynorm_match_case([cand], 'payload', 'payload_format', 'row_data') }} is not null)
+           or {{ paynorm_match_case(cands, 'payload', 'payload_format', 'row_data') }} is not null)
     {%- endif %}
 
 ),
@@ -30,7 +39,7 @@ matched as (
 
     select
         staged.*,
-        {{ paynorm_match_case([cand], 'staged.payload', 'staged.payload_format', 'staged.row_data') }} as mapping_id,
+        {{ paynorm_match_case(cands, 'staged.payload', 'staged.payload_format', 'staged.row_data') }} as mapping_id,
         {{ paynorm_match_case(active, 'staged.payload', 'staged.payload_format', 'staged.row_data') }}
             as current_mapping_id
     from staged
@@ -39,7 +48,7 @@ matched as (
 
 extracted as (
 
-    {{ paynorm_extract('matched', [cand], passthrough=['current_mapping_id', 'shape_key', 'payload_format']) }}
+    {{ paynorm_extract('matched', cands, passthrough=['current_mapping_id', 'shape_key', 'payload_format']) }}
 
 ),
 
