@@ -105,8 +105,10 @@ def test_event_ids_and_money_types(wh: Warehouse) -> None:
 
 def test_kpis(wh: Warehouse) -> None:
     with wh.connect() as conn:
-        kp = rows(conn, f"select * from {MARTS}.payment_kpis_daily where provider = 'payu'")
-        # brief_payu_like approved (422.45 USD) and declined (COP), same day/merchant/country
+        # brief_payu_like approved (422.45 USD) and declined (COP), same day/merchant/country (other
+        # PayU fixtures are other merchants or days)
+        kp = rows(conn, f"select * from {MARTS}.payment_kpis_daily where provider = 'payu' "
+                        f"and merchant_id = '38b80531-5702-43b7-84e0-e7fb86bd73b5' and event_date = '2025-01-15'")
         assert len(kp) == 1
         k = kp[0]
         assert (k["attempts"], k["approved"], k["declined"], k["errors"], k["pending"]) == (2, 1, 1, 0, 0)
