@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from consumer import llm, mappings
+from consumer import llm, rules
 from consumer.settings import Settings
 from tests.openai_stub import OpenAIStub, Recorded, Reply
 
@@ -65,8 +65,8 @@ def run(b: Bench) -> tuple[list[Figure], dict[str, Any]]:
                             llm_model="stub-bench", llm_timeout=30, llm_max_retries=1, llm_backoff=0.01,
                             llm_max_calls=10 * k, llm_max_tokens=10_000_000)
         with psycopg.connect(wh_dsn, autocommit=True) as conn:  # as the warehouse owner, like paynorm
-            mappings.ensure_schema(conn)
-            mappings.sync(conn, mappings.DEFAULT_DIR)
+            rules.ensure_schema(conn)
+            rules.sync(conn, rules.DEFAULT_DIR)
         for r in range(s.llm_runs):
             with psycopg.connect(wh_dsn, autocommit=True) as conn:  # forget what the previous run learned
                 conn.execute("delete from paynorm.llm_calls; delete from paynorm.llm_shapes;"

@@ -172,13 +172,13 @@ def init(settings: Settings) -> None:
     """
     import psycopg
 
-    from . import mappings
+    from . import rules
     from .landing import init_warehouse
 
     _need(settings, "warehouse_dsn")
     with psycopg.connect(settings.warehouse_dsn, autocommit=True) as conn:
         init_warehouse(conn)
-        mappings.ensure_schema(conn)
+        rules.ensure_schema(conn)
     click.echo("warehouse ready: schemas paynorm, raw; tables raw.lake_transactions, paynorm.mappings")
 
 
@@ -402,14 +402,14 @@ def mappings_validate(settings: Settings, directory: str | None, offline: bool) 
     """
     import psycopg
 
-    from . import mappings
+    from . import rules
 
-    directory = directory or str(mappings.DEFAULT_DIR)
+    directory = directory or str(rules.DEFAULT_DIR)
     if offline or not settings.warehouse_dsn:
-        problems = mappings.validate_files(directory)
+        problems = rules.validate_files(directory)
     else:
         with psycopg.connect(settings.warehouse_dsn, autocommit=True) as conn:
-            problems = mappings.validate_files(directory, conn=conn)
+            problems = rules.validate_files(directory, conn=conn)
     bad = {f: errs for f, errs in problems.items() if errs}
     for f, errs in bad.items():
         for err in errs:
@@ -432,15 +432,15 @@ def mappings_test(settings: Settings, rule_file: str, sample: int) -> None:
     Example:
         paynorm mappings test mappings/acmepay_payment.yml
     """
-    from . import authoring, mappings
+    from . import rules
     from .transform import TransformError
 
     _need(settings, "warehouse_dsn")
     try:
-        rule = mappings.parse_rule(Path(rule_file).read_text(), name=rule_file)
-        report = authoring.test_rule(settings.warehouse_dsn, rule, home=settings.home, sample=sample,
+        rule = rules.parse_rule(Path(rule_file).read_text(), name=rule_file)
+        report = rules.authoring.test_rule(settings.warehouse_dsn, rule, home=settings.home, sample=sample,
                                      project_dir=settings.dbt_project_dir or None)
-    except (mappings.MappingError, TransformError) as e:
+    except (rules.MappingError, TransformError) as e:
         raise click.ClickException(str(e)) from e
     click.echo(report.render())
     sys.exit(0 if report.ok else 1)
@@ -468,7 +468,7 @@ def mappings_scaffold(settings: Settings, rule_id: str, payload_file: str, case:
     Example:
         paynorm mappings scaffold stripe_charge charge.json --case refunded --description "Stripe docs: a refunded charge"
     """
-    from . import authoring, mappings
+    from . import rules
     from .jsonutil import loads_exact
 
     text = Path(payload_file).read_text()
@@ -477,10 +477,10 @@ def mappings_scaffold(settings: Settings, rule_id: str, payload_file: str, case:
     except ValueError:
         raw = text
     try:
-        path, fixture = authoring.scaffold_fixture(rule_id, raw, case=case, description=description,
-                                                   directory=directory or mappings.DEFAULT_DIR, settings=settings,
+        path, fixture = rules.authoring.scaffold_fixture(rule_id, raw, case=case, description=description,
+                                                   directory=directory or rules.DEFAULT_DIR, settings=settings,
                                                    overwrite=overwrite)
-    except mappings.MappingError as e:
+    except rules.MappingError as e:
         raise click.ClickException(str(e)) from e
     click.echo(f"wrote {path}; review every expected value:")
     click.echo(json.dumps(fixture["expected"], indent=2, ensure_ascii=False))
@@ -500,12 +500,12 @@ def mappings_sync(settings: Settings, directory: str | None, prune: bool) -> Non
     """
     import psycopg
 
-    from . import mappings
+    from . import rules
 
     _need(settings, "warehouse_dsn")
     with psycopg.connect(settings.warehouse_dsn, autocommit=True) as conn:
-        mappings.ensure_schema(conn)
-        result = mappings.sync(conn, directory or mappings.DEFAULT_DIR, prune=prune)
+        rules.ensure_schema(conn)
+        result = rules.sync(conn, directory or rules.DEFAULT_DIR, prune=prune)
     for rid, errs in sorted(result.refused.items()):
         click.echo(f"refused {rid}: {'; '.join(errs)}")
     click.echo(result.summary())
@@ -525,17 +525,17 @@ def mappings_list(settings: Settings, status: str | None, origin: str | None) ->
     """
     import psycopg
 
-    from . import mappings
+    from . import rules
 
     _need(settings, "warehouse_dsn")
     with psycopg.connect(settings.warehouse_dsn, autocommit=True) as conn:
-        mappings.ensure_schema(conn)
-        rules = mappings.list_rules(conn, status=status, origin=origin)
+        rules.ensure_schema(conn)
+        listed = rules.list_rules(conn, status=status, origin=origin)
     click.echo(f"{'id':<40} {'provider':<16} {'prio':>4} {'status':<9} {'origin':<8} formats")
-    for r in rules:
+    for r in listed:
         click.echo(f"{r['id']:<40} {str(r['provider'] or '-'):<16} {r['priority']:>4} {r['status']:<9} "
                    f"{r['origin']:<8} {','.join(r['formats'] or [])}")
-    click.echo(f"{len(rules)} rule(s)")
+    click.echo(f"{len(listed)} rule(s)")
 
 
 @mappings_group.command("show")
@@ -550,16 +550,16 @@ def mappings_show(settings: Settings, rule_id: str) -> None:
     """
     import psycopg
 
-    from . import mappings
+    from . import rules
 
     _need(settings, "warehouse_dsn")
     with psycopg.connect(settings.warehouse_dsn, autocommit=True) as conn:
-        mappings.ensure_schema(conn)
-        row = mappings.get_rule(conn, rule_id)
+        rules.ensure_schema(conn)
+        row = rules.get_rule(conn, rule_id)
     if row is None:
         raise click.ClickException(f"no rule {rule_id!r} (run `paynorm mappings sync`)")
     click.echo(f"# status: {row['status']}, origin: {row['origin']}, hash: {row['rule_hash']}")
-    click.echo(mappings.rule_to_yaml(row["rule"]))
+    click.echo(rules.rule_to_yaml(row["rule"]))
 
 
 @cli.command()
@@ -757,17 +757,17 @@ def mappings_review(settings: Settings, samples: int) -> None:
 def _rule_action(settings: Settings, rule_id: str, action: str) -> None:
     import psycopg
 
-    from . import llm, mappings
+    from . import llm, rules
 
     _need(settings, "warehouse_dsn")
     with psycopg.connect(settings.warehouse_dsn, autocommit=True) as conn:
-        mappings.ensure_schema(conn)
+        rules.ensure_schema(conn)
         try:
             if action == "export":
                 click.echo(llm.export_yaml(conn, rule_id), nl=False)
                 return
             (llm.approve if action == "approve" else llm.reject)(conn, rule_id)
-        except mappings.MappingError as e:
+        except rules.MappingError as e:
             raise click.ClickException(str(e)) from e
     click.echo(f"{rule_id}: {'active' if action == 'approve' else 'rejected'}; run `paynorm transform` to apply")
 

@@ -22,9 +22,10 @@ from typing import Any, Iterator
 import psycopg
 
 from .jsonutil import dumps_exact, loads_exact
+from .resources import mappings_dir
 from .samples import MERCHANTS as BRIEF_MERCHANTS
 
-FIXTURES = Path(__file__).resolve().parent.parent / "mappings" / "fixtures"
+FIXTURES = mappings_dir() / "fixtures"
 
 MERCHANTS = BRIEF_MERCHANTS + [
     {"id": "5b0c3f7e-1c55-4a4e-9a0e-3f1d2c4b5a61", "name": "Rappi", "country": "CO"},

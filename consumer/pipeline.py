@@ -164,7 +164,7 @@ class Pipeline:
 
     def _dbt(self, select: list[str], extra: list[str], sync_rules: bool) -> Callable[[], tuple[int | None, str]]:
         def run() -> tuple[int | None, str]:
-            from .mappings import DEFAULT_DIR
+            from .rules import DEFAULT_DIR
             from .transform import transform
 
             r = transform(self.settings.warehouse_dsn, home=self.settings.home, select=select, extra_args=extra,
@@ -176,10 +176,17 @@ class Pipeline:
             return rows, r.summary().splitlines()[0]
         return run
 
+    def _marts(self) -> tuple[int | None, str]:
+        select = ["intermediate+"] if self._llm_changed else ["marts"]
+        return self._dbt(select, [], sync_rules=False)()
+
     def _llm(self) -> tuple[int | None, str]:
         from .llm import run_llm_step
 
         r = run_llm_step(self.settings.warehouse_dsn, self.settings)
+        # the intermediate model only needs building again when the step changed what it reads
+        # (a new rule, a shape marked as tried); otherwise the marts stage builds the marts alone
+        self._llm_changed = any(s.outcome not in ("waiting", "skipped", "dry_run") for s in r.shapes)
         metrics.LLM_CALLS.inc(r.calls)
         metrics.LLM_TOKENS.labels("in").inc(r.tokens_in)
         metrics.LLM_TOKENS.labels("out").inc(r.tokens_out)
@@ -189,6 +196,7 @@ class Pipeline:
     # -- cycles -----------------------------------------------------------------------------------
 
     def cycle(self) -> CycleResult:
+        self._llm_changed = True  # unless the LLM step says otherwise (a failed step: build everything)
         result = CycleResult(self._start_run())
         steps: list[tuple[str, Callable[[], tuple[int | None, str]]]] = [
             ("land", self._land),
@@ -197,7 +205,7 @@ class Pipeline:
             # LLM added re-normalize their rows) and the marts.
             ("transform", self._dbt(list(LLM_INPUT_MODELS), ["--indirect-selection", "cautious"], sync_rules=True)),
             ("llm", self._llm),
-            ("marts", self._dbt(["intermediate+"], [], sync_rules=False)),
+            ("marts", self._marts),
         ]
         for name, fn in steps:
             if self.stop.is_set():

@@ -69,7 +69,7 @@ class Settings:
     log_level: str = field(default_factory=lambda: os.environ.get("PAYNORM_LOG_LEVEL", "INFO"))
     # Where `paynorm dev` keeps its local cluster and env file.
     home: Path = field(default_factory=lambda: Path(os.environ.get("PAYNORM_HOME", ".paynorm")))
-    # -- the LLM step (`paynorm llm`, consumer/llm.py) --
+    # -- the LLM step (`paynorm llm`, consumer/llm/) --
     # API key of the OpenAI-compatible endpoint; empty = the step only reports what waits. Never logged.
     openai_api_key: str = field(default_factory=lambda: os.environ.get("OPENAI_API_KEY", ""), repr=False)
     # Base URL of an OpenAI-compatible server (e.g. http://127.0.0.1:11434/v1); empty = api.openai.com.

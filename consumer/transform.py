@@ -23,11 +23,12 @@ import psycopg
 import yaml
 from psycopg.conninfo import conninfo_to_dict
 
-from consumer import mappings
+from consumer import rules
+from consumer.resources import project_dir
 
 log = logging.getLogger(__name__)
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+PROJECT_DIR = project_dir()  # the dbt project shipped with paynorm (consumer/resources.py)
 PASSWORD_ENV = "DBT_ENV_SECRET_PAYNORM_PASSWORD"
 DEFAULT_SCHEMA = "paynorm"
 _DBT_LOCK = threading.Lock()  # dbt keeps global state: one invocation at a time per process
@@ -144,6 +145,20 @@ def _secret_env(password: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
+@contextlib.contextmanager
+def _extra_env(values: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def run_dbt(dsn: str, args: Sequence[str], *, home: str | Path = ".paynorm", schema: str = DEFAULT_SCHEMA,
             threads: int = 4, target_path: str | Path | None = None, vars: dict[str, Any] | None = None,
             project_dir: str | Path = PROJECT_DIR, quiet: bool = False) -> TransformResult:
@@ -197,7 +212,7 @@ def relation_name(dsn: str, model: str, *, home: str | Path = ".paynorm",
 
 
 def compile_inline(dsn: str, inline_sql: str, *, home: str | Path = ".paynorm", vars: dict[str, Any] | None = None,
-                   project_dir: str | Path = PROJECT_DIR) -> str:
+                   env: dict[str, str] | None = None, project_dir: str | Path = PROJECT_DIR) -> str:
     """The SQL dbt compiles from ``inline_sql`` (Jinja with the project's macros and refs), for
     paynorm to run itself: the one rule compiler serves previews and validation too."""
     from dbt.cli.main import dbtRunner
@@ -209,7 +224,7 @@ def compile_inline(dsn: str, inline_sql: str, *, home: str | Path = ".paynorm", 
            "--log-path", str(home / "dbt" / "logs")]
     if vars:
         cmd += ["--vars", json.dumps(vars)]
-    with _DBT_LOCK, _secret_env(password), contextlib.redirect_stdout(io.StringIO()):
+    with _DBT_LOCK, _secret_env(password), _extra_env(env or {}), contextlib.redirect_stdout(io.StringIO()):
         res = dbtRunner().invoke(cmd)  # `compile` prints the SQL on stdout: it is ours to run, not to show
     results = getattr(res.result, "results", None) or []
     code = getattr(getattr(results[0], "node", None), "compiled_code", None) if results else None
@@ -221,7 +236,7 @@ def compile_inline(dsn: str, inline_sql: str, *, home: str | Path = ".paynorm", 
 
 def transform(dsn: str, *, home: str | Path = ".paynorm", select: Sequence[str] | None = None,
               exclude: Sequence[str] | None = None, full_refresh: bool = False, sync_rules: bool = True,
-              mappings_dir: str | Path = mappings.DEFAULT_DIR, vars: dict[str, Any] | None = None,
+              mappings_dir: str | Path = rules.DEFAULT_DIR, vars: dict[str, Any] | None = None,
               target_path: str | Path | None = None, threads: int = 4, extra_args: Sequence[str] = (),
               project_dir: str | Path | None = None, quiet: bool = False) -> TransformResult:
     """`paynorm transform`: make sure the paynorm tables exist, sync the built-in rules, `dbt build`.
@@ -229,9 +244,9 @@ def transform(dsn: str, *, home: str | Path = ".paynorm", select: Sequence[str] 
     Refused rules are logged (``paynorm mappings validate`` shows why) and do not stop the build.
     """
     with psycopg.connect(dsn, autocommit=True) as conn:
-        mappings.ensure_schema(conn)
+        rules.ensure_schema(conn)
         if sync_rules:
-            res = mappings.sync(conn, mappings_dir)
+            res = rules.sync(conn, mappings_dir)
             if res.refused:
                 log.warning("%d mapping rule(s) refused: %s", len(res.refused), ", ".join(sorted(res.refused)))
     args = ["build"]

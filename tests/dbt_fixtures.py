@@ -16,8 +16,8 @@ from typing import Any, Iterator
 import psycopg
 import pytest
 
-from consumer import mappings, transform
-from consumer.authoring import FIXTURE_COLUMNS
+from consumer import rules, transform
+from consumer.rules.authoring import FIXTURE_COLUMNS
 from consumer.devdb import Cluster, DevDBError, setup_warehouse
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,7 +38,7 @@ class Warehouse:
         return psycopg.connect(self.dsn, autocommit=True)
 
     def build(self, *args: str, full_refresh: bool = False, sync_rules: bool = True,
-              mappings_dir: Path = mappings.DEFAULT_DIR) -> transform.TransformResult:
+              mappings_dir: Path = rules.DEFAULT_DIR) -> transform.TransformResult:
         res = transform.transform(self.dsn, home=self.home, full_refresh=full_refresh, sync_rules=sync_rules,
                                   mappings_dir=mappings_dir, select=list(args) or None)
         return res
@@ -58,7 +58,7 @@ def make_warehouse(tmp: Path, name: str = "pg") -> Iterator[Warehouse]:
         dsn = setup_warehouse(cluster)
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(WAREHOUSE_SQL.read_text())
-            mappings.ensure_schema(conn)
+            rules.ensure_schema(conn)
         yield Warehouse(cluster, dsn, tmp / f"{name}-home")
     finally:
         cluster.destroy()
@@ -82,7 +82,7 @@ def landing_row(lake_key: str, fixture: dict[str, Any]) -> dict[str, Any]:
     from consumer.decode import decode_payload
 
     raw = fixture["raw"]
-    row_data = mappings.fixture_row_image(lake_key, fixture)
+    row_data = rules.fixture_row_image(lake_key, fixture)
     dec = decode_payload(json.dumps(raw), is_json=True)
     return {
         "lake_key": lake_key, "row_data": json.dumps(row_data), "payload": dec.payload,

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from consumer import mappings
+from consumer import rules
 from tests.dbt_fixtures import (CHECKED_COLUMNS, Warehouse, dbt_tmp, land, landing_row, load_fixtures,  # noqa: F401
                                 make_warehouse, marts_schema, intermediate_schema)
 
@@ -81,7 +81,7 @@ def test_fixture_outcome_and_every_field(wh: Warehouse, key: str) -> None:
 
 
 def test_every_fixture_has_a_known_rule() -> None:
-    ids = {rf.id for rf in mappings.load_rule_files()}
+    ids = {rf.id for rf in rules.load_rule_files()}
     for key, fx in FIXTURES.items():
         mid = fx["expected"].get("mapping_id")
         assert mid is None or mid in ids, (key, mid)
@@ -186,7 +186,7 @@ def test_new_rule_renormalizes_pending_rows(wh: Warehouse, tmp_path: Path) -> No
 
         # a new active rule for the shape: the quarantined row gets another chance
         rules_dir = tmp_path / "mappings"
-        shutil.copytree(mappings.DEFAULT_DIR, rules_dir)
+        shutil.copytree(rules.DEFAULT_DIR, rules_dir)
         # the new rule is meant to capture the shape this fixture says no rule knows
         (rules_dir / "fixtures" / f"{key}.json").unlink()
         (rules_dir / "test_foo_bar.yml").write_text(
@@ -237,9 +237,9 @@ def test_conservation_test_can_fail(wh: Warehouse) -> None:
 
 def test_mappings_test_shows_what_a_rule_would_capture(wh: Warehouse) -> None:
     """`paynorm mappings test`: compiled by the build's own macros, on the built warehouse."""
-    from consumer import authoring
+    from consumer.rules import authoring
 
-    rule = mappings.parse_rule((mappings.DEFAULT_DIR / "stripe_charge.yml").read_text())
+    rule = rules.parse_rule((rules.DEFAULT_DIR / "stripe_charge.yml").read_text())
     report = authoring.test_rule(wh.dsn, rule, home=wh.home)
     stripe = {k for k, f in FIXTURES.items() if f["expected"].get("mapping_id") == "stripe_charge"}
     assert report.ok and report.rows == len(stripe) and not report.collisions, report.render()
@@ -263,10 +263,10 @@ def test_mappings_test_shows_what_a_rule_would_capture(wh: Warehouse) -> None:
 def test_validation_path_and_build_agree_on_every_fixture(wh: Warehouse) -> None:
     """Parity: the preview the rule validation uses (paynorm_rule_preview, for LLM rules and
     `mappings test`) gives every canonical column the build gives, on every built-in fixture."""
-    from consumer import authoring
+    from consumer.rules import authoring
 
-    rules = [rf.rule for rf in mappings.load_rule_files()]
-    code = authoring.preview_sql(wh.dsn, rules, home=wh.home)
+    builtin = [rf.rule for rf in rules.load_rule_files()]
+    code = authoring.preview_sql(wh.dsn, builtin, home=wh.home)
     with wh.connect() as conn:
         preview = {r["lake_key"]: r for r in rows(conn, f"select * from ({code}) as p")}
         built = {r["lake_key"]: r for r in rows(conn, f"select * from {MARTS}.normalized_payment_events")}

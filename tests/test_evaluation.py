@@ -62,6 +62,8 @@ def test_money_verdicts_invented_withheld_and_wrong() -> None:
         (5, 1, 2, 1, 1)
     assert {r.key for r in report.money_errors()} == {"100x", "invented", "currency"}
     assert any("wrong amount" in f for f in report.failures())
+    text = report.render()
+    assert "WRONG amounts 2, WRONG currencies 1" in text and "amount 100 USD vs label 1.00 USD" in text
 
 
 def test_thresholds_and_lost_rows() -> None:
@@ -99,8 +101,8 @@ def test_bad_corpus_lines_name_the_line(tmp_path: Path) -> None:
 
 
 def test_eval_command_on_a_scratch_cluster(tmp_path: Path) -> None:
-    """The real run: a lake and a warehouse of their own, replicate, dbt, marts; JSON output;
-    exit 1 on a wrong amount (a label that disagrees with what the Stripe rule reads)."""
+    """The real run: a lake and a warehouse of their own, replicate, dbt, marts; JSON output; exit 1
+    on a wrong amount (a label that disagrees with what the Stripe rule reads: 25.99, not 2599.00)."""
     charge = {"id": "ch_1", "object": "charge", "amount": 2599, "currency": "usd", "status": "succeeded",
               "captured": True, "created": 1700000000, "livemode": False}
     lines = [
@@ -114,16 +116,14 @@ def test_eval_command_on_a_scratch_cluster(tmp_path: Path) -> None:
          "label": {"provider": "zeta", "status": "declined", "amount": None, "currency": None, "country": None,
                    "response_code": None, "confidence": "high"}, "source": "test", "format": "json"},
     ]
+    lines[0]["label"]["amount"] = "2599.00"  # a label saying the rule reads 100x too little
     corpus = tmp_path / "c.jsonl"
     corpus.write_text("".join(json.dumps(x) + "\n" for x in lines))
     res = CliRunner().invoke(cli, ["eval", str(corpus), "--json", "--min-coverage", "50"])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 1, res.output
     out = json.loads(res.stdout)
-    assert out["totals"]["normalized"] == 1 and out["totals"]["pending"] == 1 and out["failures"] == []
+    assert out["totals"]["normalized"] == 1 and out["totals"]["pending"] == 1
+    assert out["failures"] == ["1 wrong amount(s) and 0 wrong currency(ies)"]
     row = next(r for r in out["rows"] if r["provider"] == "stripe")
-    assert (row["observed"]["amount"], row["observed"]["currency"], row["amount"]) == ("25.99", "USD", "ok")
-    lines[0]["label"]["amount"] = "2599.00"  # a label saying the rule reads 100x too little
-    corpus.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    res = CliRunner().invoke(cli, ["eval", str(corpus), "--quiet"])
-    assert res.exit_code == 1 and "FAIL: 1 wrong amount(s)" in res.stdout, res.output
-    assert "amount 25.99 USD vs label 2599.00 USD" in res.stdout
+    assert (row["observed"]["amount"], row["observed"]["currency"], row["amount"]) == ("25.99", "USD", "wrong")
+    assert [r["lake_key"] for r in out["money_errors"]] == [lines[0]["record"]["id"]]

@@ -26,7 +26,8 @@ from psycopg.rows import dict_row
 
 from psycopg import sql
 
-from consumer import llm, mappings, redact, transform
+from consumer import llm, rules, transform
+from consumer.llm import redact
 from consumer.pipeline import LLM_INPUT_MODELS
 from consumer.cli import cli
 from consumer.devdb import setup_warehouse
@@ -248,7 +249,7 @@ def template(wh: Warehouse, dbt_tmp: Path) -> str:  # noqa: F811
     dsn = setup_warehouse(wh.cluster, name, owner="warehouse")
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(WAREHOUSE_SQL.read_text())
-        mappings.ensure_schema(conn)
+        rules.ensure_schema(conn)
         land(conn, landing_rows())
     res = transform.transform(dsn, home=dbt_tmp / "llm-template-home", select=list(LLM_INPUT_MODELS),
                               extra_args=["--indirect-selection", "cautious"], quiet=True)
@@ -291,8 +292,8 @@ def _home(dsn: str) -> Path:
     return Path(tempfile.gettempdir()) / "paynorm-llm-tests" / dsn.rsplit("/", 1)[-1]
 
 
-def ctx_for(dsn: str) -> "llm._Ctx":
-    return llm._Ctx(dsn, _home(dsn))
+def ctx_for(dsn: str) -> "llm.Context":
+    return llm.Context(dsn, _home(dsn))
 
 
 def all_good() -> Any:
@@ -394,13 +395,13 @@ def test_response_schema_is_strict_and_derived_from_the_rule_schema() -> None:
     assert props <= 5000 and depth <= 10 and enums <= 1000, (props, depth, enums)  # OpenAI structured-output limits
     rule = schema["properties"]["rule"]["anyOf"][0]
     fields = rule["properties"]["fields"]["properties"]
-    assert list(fields) == list(mappings.CANONICAL_RULE_FIELDS)
+    assert list(fields) == list(rules.CANONICAL_RULE_FIELDS)
     status_map = fields["status"]["properties"]["map"]["anyOf"][0]["items"]["properties"]["value"]
-    assert status_map["enum"] == list(mappings.STATUSES)
+    assert status_map["enum"] == list(rules.STATUSES)
     assert "const" not in fields["status"]["properties"] and "const" not in fields["amount"]["anyOf"][0]["properties"]
-    assert fields["event_type"]["anyOf"][0]["properties"]["const"]["anyOf"][0]["enum"] == list(mappings.EVENT_TYPES)
+    assert fields["event_type"]["anyOf"][0]["properties"]["const"]["anyOf"][0]["enum"] == list(rules.EVENT_TYPES)
     dc = fields["decline_category"]["anyOf"][0]["properties"]["map"]["anyOf"][0]["items"]["properties"]["value"]
-    assert dc["enum"] == list(mappings.DECLINE_CATEGORIES)
+    assert dc["enum"] == list(rules.DECLINE_CATEGORIES)
     fmt = llm.response_format()
     assert fmt["type"] == "json_schema" and fmt["json_schema"]["strict"] is True
     # every good answer of this module conforms to it (strict_answer validates)
@@ -436,13 +437,13 @@ def test_k_shapes_cost_k_calls_and_a_second_run_costs_none(db: str, stub: OpenAI
     assert set(sent_states) == {"APPROVED", "DECLINED", "PENDING_REVIEW"}  # distinct statuses first
     assert_nothing_sensitive_sent(stub)
     # what the warehouse holds
-    rules = {r["id"]: r for r in q(db, "select * from paynorm.mappings where origin = 'llm'")}
-    assert len(rules) == 3 and {r["status"] for r in rules.values()} == {"active"}
+    stored = {r["id"]: r for r in q(db, "select * from paynorm.mappings where origin = 'llm'")}
+    assert len(stored) == 3 and {r["status"] for r in stored.values()} == {"active"}
     phash = llm.prompt_hash()
-    for r in rules.values():
+    for r in stored.values():
         assert (r["model"], r["prompt_hash"], r["priority"]) == (MODEL, phash, llm.LLM_RULE_PRIORITY)
         assert r["validation"]["status_coverage"] == 1.0 and r["validation"]["rows"] in (6, 3)
-    acme_rule = next(r for r in rules.values() if r["validation"]["shape_key"] == SHAPES["acme"])
+    acme_rule = next(r for r in stored.values() if r["validation"]["shape_key"] == SHAPES["acme"])
     assert acme_rule["id"] == f"llm_acmepay_{SHAPES['acme']}"
     assert acme_rule["rule"]["fields"]["status"] == {"path": "$.txn.state", "map": {"PENDING_REVIEW": "pending"}}
     shapes = {r["shape_key"]: r for r in q(db, "select * from paynorm.llm_shapes")}
@@ -662,7 +663,7 @@ def test_proposed_rules_review_approve_reject_export(db: str, stub: OpenAIStub, 
     exported = yaml.safe_load(out.output)
     assert exported["id"] == acme_id and "status" not in exported
     with psycopg.connect(db, autocommit=True) as conn:
-        assert mappings.validate_rule(mappings.parse_rule(out.output), conn) == []
+        assert rules.validate_rule(rules.parse_rule(out.output), conn) == []
     out = CliRunner().invoke(cli, ["mappings", "approve", acme_id], env=env, catch_exceptions=False)
     assert out.exit_code == 0, out.output
     out = CliRunner().invoke(cli, ["mappings", "reject", zeta_id], env=env, catch_exceptions=False)

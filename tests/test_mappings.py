@@ -10,7 +10,7 @@ from typing import Iterator
 import psycopg
 import pytest
 
-from consumer import mappings
+from consumer import rules
 from tests.dbt_fixtures import Warehouse, dbt_tmp, make_warehouse  # noqa: F401
 
 
@@ -26,13 +26,13 @@ def conn(dbt_tmp: Path) -> Iterator[psycopg.Connection]:  # noqa: F811
 
 
 def stripe() -> dict:
-    return mappings.parse_rule((mappings.DEFAULT_DIR / "stripe_charge.yml").read_text())
+    return rules.parse_rule((rules.DEFAULT_DIR / "stripe_charge.yml").read_text())
 
 
 def test_builtin_rules_are_valid_offline_and_in_postgres(conn: psycopg.Connection) -> None:
-    assert mappings.validate_files() == {}
-    assert mappings.validate_files(conn=conn) == {}
-    assert len(mappings.load_rule_files()) >= 7
+    assert rules.validate_files() == {}
+    assert rules.validate_files(conn=conn) == {}
+    assert len(rules.load_rule_files()) >= 7
 
 
 @pytest.mark.parametrize("mutate, expected", [
@@ -54,7 +54,7 @@ def test_builtin_rules_are_valid_offline_and_in_postgres(conn: psycopg.Connectio
 def test_schema_refuses_with_reason(mutate, expected: str) -> None:
     r = stripe()
     mutate(r)
-    errors = mappings.validate_rule(r)
+    errors = rules.validate_rule(r)
     assert errors and any(expected in e for e in errors), errors
 
 
@@ -68,8 +68,8 @@ def test_schema_refuses_with_reason(mutate, expected: str) -> None:
 def test_sql_checks_refuse_with_reason(conn: psycopg.Connection, mutate, expected: str) -> None:
     r = stripe()
     mutate(r)
-    assert mappings.validate_rule(r) == [] or expected.startswith("fields.amount")  # schema alone passes
-    errors = mappings.validate_rule(r, conn)
+    assert rules.validate_rule(r) == [] or expected.startswith("fields.amount")  # schema alone passes
+    errors = rules.validate_rule(r, conn)
     assert errors and any(expected in e for e in errors), errors
 
 
@@ -77,22 +77,22 @@ def test_boolean_predicate_refused_by_sql_check(conn: psycopg.Connection) -> Non
     # passes the schema pattern (has '? ('), but the top level is a boolean expression
     r = stripe()
     r["match"] = '$ ? (@.a == 1) == true'
-    errors = mappings.validate_rule(r, conn)
+    errors = rules.validate_rule(r, conn)
     assert any("is a boolean expression, which always exists" in e for e in errors), errors
 
 
 def test_yaml_quirks() -> None:
-    r = mappings.parse_rule("id: abc\nfields:\n  status:\n    map: {1: approved, '2': declined}\n")
+    r = rules.parse_rule("id: abc\nfields:\n  status:\n    map: {1: approved, '2': declined}\n")
     assert r["fields"]["status"]["map"] == {"1": "approved", "2": "declined"}
-    with pytest.raises(mappings.MappingError, match="quote it"):
-        mappings.parse_rule("id: abc\nfields:\n  status:\n    map: {yes: approved}\n")
+    with pytest.raises(rules.MappingError, match="quote it"):
+        rules.parse_rule("id: abc\nfields:\n  status:\n    map: {yes: approved}\n")
 
 
 def test_file_level_checks(tmp_path: Path) -> None:
-    shutil.copy(mappings.DEFAULT_DIR / "stripe_charge.yml", tmp_path / "stripe_charge.yml")
-    shutil.copy(mappings.DEFAULT_DIR / "stripe_charge.yml", tmp_path / "other_name.yml")
+    shutil.copy(rules.DEFAULT_DIR / "stripe_charge.yml", tmp_path / "stripe_charge.yml")
+    shutil.copy(rules.DEFAULT_DIR / "stripe_charge.yml", tmp_path / "other_name.yml")
     (tmp_path / "broken.yml").write_text("id: [unclosed\n")
-    problems = mappings.validate_files(tmp_path)
+    problems = rules.validate_files(tmp_path)
     # files are read in name order: other_name.yml claims the id first, stripe_charge.yml is the duplicate
     assert set(problems) == {"other_name.yml", "stripe_charge.yml", "broken.yml"}
     assert any("differs from the file name" in e for e in problems["other_name.yml"])
@@ -102,67 +102,67 @@ def test_file_level_checks(tmp_path: Path) -> None:
 
 def test_sync_list_show_status(conn: psycopg.Connection, tmp_path: Path) -> None:
     for f in ("stripe_charge.yml", "adyen_payment_response.yml"):
-        shutil.copy(mappings.DEFAULT_DIR / f, tmp_path / f)
+        shutil.copy(rules.DEFAULT_DIR / f, tmp_path / f)
     bad = stripe()
     bad["id"] = "bad_rule"
     bad["match"] = '$ ? (@.object == "charge"'
-    (tmp_path / "bad_rule.yml").write_text(mappings.rule_to_yaml(bad))
+    (tmp_path / "bad_rule.yml").write_text(rules.rule_to_yaml(bad))
 
-    res = mappings.sync(conn, tmp_path)
+    res = rules.sync(conn, tmp_path)
     assert sorted(res.inserted) == ["adyen_payment_response", "stripe_charge"]
     assert list(res.refused) == ["bad_rule"] and "does not compile" in res.refused["bad_rule"][0]
-    assert mappings.get_rule(conn, "bad_rule") is None
-    h1 = mappings.active_ruleset_hash(conn)
+    assert rules.get_rule(conn, "bad_rule") is None
+    h1 = rules.active_ruleset_hash(conn)
 
-    res = mappings.sync(conn, tmp_path)
+    res = rules.sync(conn, tmp_path)
     assert sorted(res.unchanged) == ["adyen_payment_response", "stripe_charge"] and not res.inserted
-    assert mappings.active_ruleset_hash(conn) == h1
+    assert rules.active_ruleset_hash(conn) == h1
 
     # an edit is an update and changes the rule set hash
     r = stripe()
     r["priority"] = 150
-    (tmp_path / "stripe_charge.yml").write_text(mappings.rule_to_yaml(r))
-    res = mappings.sync(conn, tmp_path)
+    (tmp_path / "stripe_charge.yml").write_text(rules.rule_to_yaml(r))
+    res = rules.sync(conn, tmp_path)
     assert res.updated == ["stripe_charge"]
-    h2 = mappings.active_ruleset_hash(conn)
+    h2 = rules.active_ruleset_hash(conn)
     assert h2 != h1
 
-    listed = mappings.list_rules(conn)
+    listed = rules.list_rules(conn)
     assert [x["id"] for x in listed][:2] == ["stripe_charge", "adyen_payment_response"]  # priority order
-    shown = mappings.get_rule(conn, "stripe_charge")
+    shown = rules.get_rule(conn, "stripe_charge")
     assert shown["rule"]["priority"] == 150 and shown["origin"] == "builtin"
     assert shown["source_file"].endswith("stripe_charge.yml") and shown["provider"] == "stripe"
 
-    mappings.set_status(conn, "stripe_charge", "proposed")
-    assert [x["id"] for x in mappings.list_rules(conn, status="active")] == ["adyen_payment_response"]
-    assert mappings.active_ruleset_hash(conn) != h2
-    with pytest.raises(mappings.MappingError):
-        mappings.set_status(conn, "nope", "active")
+    rules.set_status(conn, "stripe_charge", "proposed")
+    assert [x["id"] for x in rules.list_rules(conn, status="active")] == ["adyen_payment_response"]
+    assert rules.active_ruleset_hash(conn) != h2
+    with pytest.raises(rules.MappingError):
+        rules.set_status(conn, "nope", "active")
 
     # prune: a builtin rule whose file disappeared is rejected, not deleted
     (tmp_path / "adyen_payment_response.yml").unlink()
-    res = mappings.sync(conn, tmp_path, prune=True)
+    res = rules.sync(conn, tmp_path, prune=True)
     assert res.deactivated == ["adyen_payment_response"]
-    assert mappings.get_rule(conn, "adyen_payment_response")["status"] == "rejected"
+    assert rules.get_rule(conn, "adyen_payment_response")["status"] == "rejected"
 
 
 def test_upsert_rule_for_llm_origin(conn: psycopg.Connection) -> None:
     r = copy.deepcopy(stripe())
     r["id"] = "llm_example"
-    out = mappings.upsert_rule(conn, r, origin="llm", status="proposed", model="m-1", prompt_hash="abc",
+    out = rules.upsert_rule(conn, r, origin="llm", status="proposed", model="m-1", prompt_hash="abc",
                                validation={"rows_checked": 3})
     assert out == "inserted"
-    row = mappings.get_rule(conn, "llm_example")
+    row = rules.get_rule(conn, "llm_example")
     assert (row["origin"], row["status"], row["model"], row["prompt_hash"]) == ("llm", "proposed", "m-1", "abc")
     assert row["validation"] == {"rows_checked": 3}
     r["fields"]["nope"] = {"path": "$.x"}
-    with pytest.raises(mappings.MappingError, match="not a canonical field"):
-        mappings.upsert_rule(conn, r, origin="llm")
+    with pytest.raises(rules.MappingError, match="not a canonical field"):
+        rules.upsert_rule(conn, r, origin="llm")
 
 
 def test_ddl_is_idempotent(conn: psycopg.Connection) -> None:
-    mappings.ensure_schema(conn)
-    mappings.ensure_schema(conn)
+    rules.ensure_schema(conn)
+    rules.ensure_schema(conn)
     assert conn.execute("select paynorm.try_timestamptz('2024-02-30T10:00:00Z')").fetchone()[0] is None
 
 
@@ -180,62 +180,62 @@ def test_money_policy_refuses_with_reason(mutate, expected: str) -> None:
     """Pure logic: an amount is read under its provider's documented convention, never guessed."""
     r = stripe()
     mutate(r)
-    errors = mappings.validate_rule(r)
+    errors = rules.validate_rule(r)
     assert errors and any(expected in e for e in errors), errors
 
 
 def test_money_policy_accepts_what_it_can_verify() -> None:
     r = stripe()
-    assert mappings.check_money(r) == []
+    assert rules.check_money(r) == []
     r.update(provider={"const": "payu"}, api="rest_pl")  # PayU Poland: minor units, unlike PayU Latam
-    assert mappings.check_money(r) == []
+    assert rules.check_money(r) == []
     r.pop("api")
     r.update(provider={"const": "acmepay"})  # unknown convention: accepted, the build withholds the amount
-    assert mappings.check_money(r) == []
+    assert rules.check_money(r) == []
     r.update(provider={"path": "$.psp"})  # an envelope naming its PSP: major only (read with a decimal point)
     r["fields"]["amount"]["unit"] = "major"
-    assert mappings.check_money(r) == []
+    assert rules.check_money(r) == []
 
 
 def test_every_builtin_rule_with_an_amount_has_a_documented_convention() -> None:
     """Built-in rules fix their provider, and the provider's convention is in the seed."""
     missing = []
-    for rf in mappings.load_rule_files():
-        prov = rf.rule["provider"].get("const")
-        if "amount" in rf.rule["fields"] and prov and mappings.convention_for(prov, rf.rule.get("api")) is None:
+    for rf in rules.load_rule_files():
+        prov = rf.rule.provider_const
+        if "amount" in rf.rule.fields and prov and rules.convention_for(prov, rf.rule.api) is None:
             missing.append(f"{rf.id} ({prov})")
     assert not missing, missing
 
 
 def test_rule_without_fixture_is_reported(tmp_path: Path) -> None:
-    shutil.copy(mappings.DEFAULT_DIR / "stripe_charge.yml", tmp_path / "stripe_charge.yml")
-    problems = mappings.validate_files(tmp_path)
+    shutil.copy(rules.DEFAULT_DIR / "stripe_charge.yml", tmp_path / "stripe_charge.yml")
+    problems = rules.validate_files(tmp_path)
     assert any("no fixture" in e for e in problems["stripe_charge.yml"]), problems
-    assert mappings.validate_files(tmp_path, require_fixtures=False) == {}
+    assert rules.validate_files(tmp_path, require_fixtures=False) == {}
 
 
 def test_overlapping_hand_written_rule_is_refused(conn: psycopg.Connection, tmp_path: Path) -> None:
     """A broad rule that would capture other rules' fixtures is refused by validate and by sync,
     unless its priority says it yields."""
-    rules = tmp_path / "mappings"
-    shutil.copytree(mappings.DEFAULT_DIR, rules)
-    (rules / "greedy_amount.yml").write_text(
+    rules_dir = tmp_path / "mappings"
+    shutil.copytree(rules.DEFAULT_DIR, rules_dir)
+    (rules_dir / "greedy_amount.yml").write_text(
         "id: greedy_amount\ndescription: anything with an amount\nprovider: {const: stripe}\nformats: [json]\n"
         "match: '$ ? (exists(@.amount))'\npriority: 500\nfields:\n  status: {const: approved}\n"
         "  amount: {path: '$.amount', unit: minor}\n  currency: {path: '$.currency'}\n")
-    (rules / "fixtures" / "greedy_amount__x.json").write_text(
+    (rules_dir / "fixtures" / "greedy_amount__x.json").write_text(
         '{"description": "x", "raw": {"amount": 1, "currency": "usd", "greedy": true},'
         ' "expected": {"outcome": "event", "reason": null, "mapping_id": "greedy_amount"}}')
-    problems = mappings.validate_files(rules, conn=conn)
+    problems = rules.validate_files(rules_dir, conn=conn)
     errs = problems.get("greedy_amount.yml", [])
     assert any("fixture(s) of rule stripe_charge (stripe_charge__" in e for e in errs), problems
-    res = mappings.sync(conn, rules)
+    res = rules.sync(conn, rules_dir)
     assert "greedy_amount" in res.refused
     # yielding to every other rule (lowest priority) is an explicit intent: only the capture of a
     # shape that should wait for the LLM step (a fixture expecting no rule) is left
-    (rules / "greedy_amount.yml").write_text((rules / "greedy_amount.yml").read_text().replace("priority: 500",
+    (rules_dir / "greedy_amount.yml").write_text((rules_dir / "greedy_amount.yml").read_text().replace("priority: 500",
                                                                                             "priority: 0"))
-    errs = mappings.validate_files(rules, conn=conn)["greedy_amount.yml"]
+    errs = rules.validate_files(rules_dir, conn=conn)["greedy_amount.yml"]
     assert errs and all("expect no rule to match them" in e for e in errs), errs
     conn.execute("delete from paynorm.mappings where id = 'greedy_amount'")
 
@@ -249,25 +249,25 @@ def test_scaffold_writes_a_fixture_from_the_build(tmp_path: Path) -> None:
 
     from consumer.cli import cli
 
-    rules = tmp_path / "mappings"
-    shutil.copytree(mappings.DEFAULT_DIR, rules)
+    rules_dir = tmp_path / "mappings"
+    shutil.copytree(rules.DEFAULT_DIR, rules_dir)
     payload = tmp_path / "charge.json"
     payload.write_text('{"id": "ch_9", "object": "charge", "amount": 1050, "currency": "eur", "status": "failed",'
                        ' "captured": false, "created": 1700000000, "livemode": true,'
                        ' "failure_message": "Your card was declined.", "outcome": {"type": "issuer_declined",'
                        ' "reason": "insufficient_funds"}}')
     res = CliRunner().invoke(cli, ["mappings", "scaffold", "stripe_charge", str(payload), "--case", "scaffolded",
-                                   "--description", "test", "--dir", str(rules)])
+                                   "--description", "test", "--dir", str(rules_dir)])
     assert res.exit_code == 0, res.output
-    fx = _json.loads((rules / "fixtures" / "stripe_charge__scaffolded.json").read_text())
+    fx = _json.loads((rules_dir / "fixtures" / "stripe_charge__scaffolded.json").read_text())
     e = fx["expected"]
     assert (e["outcome"], e["mapping_id"], e["status"], e["amount"], e["currency"], e["decline_category"]) == \
         ("event", "stripe_charge", "declined", "10.50", "EUR", "insufficient_funds")
-    assert set(e) >= set(__import__("consumer.authoring", fromlist=["x"]).FIXTURE_COLUMNS)
+    assert set(e) >= set(rules.authoring.FIXTURE_COLUMNS)
     other = tmp_path / "other.json"
     other.write_text('{"something": "else"}')
     res = CliRunner().invoke(cli, ["mappings", "scaffold", "stripe_charge", str(other), "--case", "x",
-                                   "--description", "test", "--dir", str(rules)])
+                                   "--description", "test", "--dir", str(rules_dir)])
     assert res.exit_code == 1 and "not captured by stripe_charge" in res.output
 
 
@@ -285,12 +285,12 @@ def test_what_no_rule_may_do_hand_written_or_not(mutate, expected: str) -> None:
     """The same semantic checks as for LLM rules refuse a hand-written rule."""
     r = stripe()
     mutate(r)
-    errors = mappings.validate_rule(r)
+    errors = rules.validate_rule(r)
     assert errors and any(expected in e for e in errors), errors
 
 
 def test_one_ruleset_hash(conn: psycopg.Connection) -> None:
     """Python and the dbt models read the same function."""
-    mappings.sync(conn)
+    rules.sync(conn)
     h = conn.execute("select paynorm.active_ruleset_hash()").fetchone()[0]
-    assert mappings.active_ruleset_hash(conn) == h and len(h) == 32
+    assert rules.active_ruleset_hash(conn) == h and len(h) == 32

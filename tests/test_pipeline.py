@@ -110,8 +110,8 @@ def test_a_failing_llm_stage_never_stops_the_marts(env: Env, home: Path) -> None
     from consumer import llm
 
     n = _generate(env, 120)
+    Pipeline(env.settings(home=home)).cycle()  # creates the paynorm tables the lock lives next to
     settings = env.settings(home=home, openai_api_key="sk-test", openai_base_url="http://127.0.0.1:9/v1")
-    Pipeline(settings).cycle()  # creates the paynorm tables the lock lives next to
     with psycopg.connect(env.wh_dsn, autocommit=True) as holder:
         holder.execute("select pg_advisory_lock(%s)", (llm.LOCK_KEY,))
         _generate(env, 30, seed=9)

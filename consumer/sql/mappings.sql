@@ -40,7 +40,7 @@ alter table paynorm.llm_shapes add column if not exists model text;
 alter table paynorm.llm_shapes add column if not exists prompt_hash text;
 alter table paynorm.llm_shapes add column if not exists row_count bigint;
 
--- Every HTTP request of the LLM step (consumer/llm.py), whatever its outcome.
+-- Every HTTP request of the LLM step (consumer/llm/), whatever its outcome.
 create table if not exists paynorm.llm_calls (
     id           bigserial primary key,
     run_id       text not null,                           -- one `paynorm llm` run

@@ -21,7 +21,10 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from . import mappings
+from .files import DEFAULT_DIR, FIXTURES_SUBDIR
+from .model import MappingError, Rule, document
+from .store import ensure_schema
+from .validate import validate_rule
 
 __all__ = ["RuleTestReport", "preview_sql", "test_rule", "scaffold_fixture", "FIXTURE_COLUMNS"]
 
@@ -34,15 +37,18 @@ FIXTURE_COLUMNS = (
 )
 
 
-def preview_sql(dsn: str, rule: dict[str, Any], *, shape_key: str | None = None, home: str | Path = ".paynorm",
+def preview_sql(dsn: str, rule: "Rule | dict[str, Any] | list[Rule | dict[str, Any]]", *, shape_key: str | None = None, home: str | Path = ".paynorm",
                 project_dir: str | Path | None = None) -> str:
     """The SQL of `paynorm_rule_preview` for ``rule`` (compiled by dbt, run by the caller)."""
-    from . import transform
+    from .. import transform
 
-    shape = ", shape_key=var('paynorm_candidate_shape')" if shape_key else ""
+    candidate = [document(r) for r in rule] if isinstance(rule, list) else document(rule)
+    shape = ", shape_key=env_var('PAYNORM_CANDIDATE_SHAPE')" if shape_key else ""
+    # the candidate reaches the macro through the environment, not --vars: vars that change at every
+    # call would make dbt parse the whole project again each time (no partial parsing)
     return transform.compile_inline(
-        dsn, "{{ paynorm_rule_preview(var('paynorm_candidate')" + shape + ") }}", home=home,
-        vars={"paynorm_candidate": rule, "paynorm_candidate_shape": shape_key},
+        dsn, "{{ paynorm_rule_preview(fromjson(env_var('PAYNORM_CANDIDATE'))" + shape + ") }}", home=home,
+        env={"PAYNORM_CANDIDATE": json.dumps(candidate), "PAYNORM_CANDIDATE_SHAPE": shape_key or ""},
         project_dir=project_dir or transform.PROJECT_DIR)
 
 
@@ -82,13 +88,14 @@ class RuleTestReport:
         return "\n".join(lines)
 
 
-def test_rule(dsn: str, rule: dict[str, Any], *, home: str | Path = ".paynorm", sample: int = 10,
+def test_rule(dsn: str, rule: "Rule | dict[str, Any]", *, home: str | Path = ".paynorm", sample: int = 10,
               project_dir: str | Path | None = None) -> RuleTestReport:
     """What ``rule`` would capture in the warehouse at ``dsn`` now (built with `paynorm transform`)."""
+    rule = document(rule)
     report = RuleTestReport(str(rule.get("id")))
     with psycopg.connect(dsn, autocommit=True) as conn:
-        mappings.ensure_schema(conn)
-        report.errors = mappings.validate_rule(rule, conn)
+        ensure_schema(conn)
+        report.errors = validate_rule(rule, conn)
         if report.errors:
             return report
         code = preview_sql(dsn, rule, home=home, project_dir=project_dir)
@@ -121,7 +128,7 @@ def _json_value(v: Any) -> Any:
 
 
 def scaffold_fixture(rule_id: str, raw: Any, *, case: str, description: str, row: dict[str, Any] | None = None,
-                     directory: str | Path = mappings.DEFAULT_DIR, settings: Any = None,
+                     directory: str | Path = DEFAULT_DIR, settings: Any = None,
                      overwrite: bool = False) -> tuple[Path, dict[str, Any]]:
     """Land ``raw`` (the payload as the lake stores it) in a scratch warehouse, build with the rules of
     ``directory`` and write ``<directory>/fixtures/<rule_id>__<case>.json`` with what came out.
@@ -129,11 +136,11 @@ def scaffold_fixture(rule_id: str, raw: Any, *, case: str, description: str, row
     Raises MappingError when the payload is not captured by ``rule_id`` (the fixture would assert
     another rule) or the file exists and ``overwrite`` is false.
     """
-    from .scratch import ScratchError, scratch
+    from ..scratch import ScratchError, scratch
 
-    path = Path(directory) / mappings.FIXTURES_SUBDIR / f"{rule_id}__{case}.json"
+    path = Path(directory) / FIXTURES_SUBDIR / f"{rule_id}__{case}.json"
     if path.exists() and not overwrite:
-        raise mappings.MappingError(f"{path} exists (use --overwrite to replace it)")
+        raise MappingError(f"{path} exists (use --overwrite to replace it)")
     row = dict(row or {})
     key = str(uuid.uuid4())
     record = {"id": key, "data": raw, "merchant": row.get("merchant"), "transactional_id": row.get("transactional_id"),
@@ -148,7 +155,7 @@ def scaffold_fixture(rule_id: str, raw: Any, *, case: str, description: str, row
                 qu = cur.execute("select reason, mapping_id from paynorm_marts.normalization_quarantine "
                                  "where lake_key = %s", (key,)).fetchone()
     except ScratchError as e:
-        raise mappings.MappingError(str(e)) from e
+        raise MappingError(str(e)) from e
     if ev is not None:
         expected: dict[str, Any] = {"outcome": "event", "reason": None, "mapping_id": ev["mapping_id"]}
         expected.update({c: _json_value(ev[c]) for c in FIXTURE_COLUMNS})
@@ -157,7 +164,7 @@ def scaffold_fixture(rule_id: str, raw: Any, *, case: str, description: str, row
     else:
         expected = {"outcome": "pending", "reason": None, "mapping_id": None}
     if expected["mapping_id"] != rule_id:
-        raise mappings.MappingError(f"the payload is not captured by {rule_id}: it ends {expected['outcome']} "
+        raise MappingError(f"the payload is not captured by {rule_id}: it ends {expected['outcome']} "
                                     f"with rule {expected['mapping_id'] or '(none)'}; fix the rule's match first")
     fixture = {"description": description, "row": row, "raw": raw, "expected": expected}
     path.parent.mkdir(parents=True, exist_ok=True)

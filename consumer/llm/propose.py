@@ -10,7 +10,7 @@ each shape not tried yet, makes ONE request to an OpenAI-compatible chat endpoin
   strict JSON-schema response format derived from ``mappings/schema.json`` (canonical field names,
   canonical enums as enums);
 - the answer becomes a rule (origin ``llm``) that is validated before use: the rule schema and its
-  paths compiled in PostgreSQL (``mappings.validate_rule``), the LLM policy (no constant amount,
+  paths compiled in PostgreSQL (``rules.validate_rule``), the LLM policy (no constant amount,
   status or identifier; a constant provider, currency, payment method or card network must appear
   in the samples; the status map must not contradict the status vocabulary seed in any supported
   language; a map only produces canonical values; flags need evidence in the data), and the rule
@@ -32,14 +32,12 @@ each shape not tried yet, makes ONE request to an OpenAI-compatible chat endpoin
 
 from __future__ import annotations
 
-import functools
-import hashlib
+import datetime as dt
 import json
 import logging
 import re
 import time
 import uuid
-import datetime as dt
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,28 +47,21 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from consumer import mappings, redact
-from consumer.decode import shape_paths
-from consumer.jsonutil import dumps_exact, loads_exact
-from consumer.settings import Settings
-from consumer.transform import TransformError
+from .. import rules
+from ..jsonutil import dumps_exact, loads_exact
+from ..settings import Settings
+from ..transform import TransformError
+from . import redact
+from .client import RETRYABLE, Budget, CallResult, make_client, one_request, parse_answer
+from .prompt import (CONST_MUST_APPEAR, LLM_CONST_FIELDS, LlmError, build_messages, build_request, prompt_hash,
+                     repair_messages)
+from .samples import (LANDING, LIVE, Context, Sample, Shape, _relation, pick_samples, redacted_samples, shape_rows,
+                      waiting_shapes)
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = mappings.REPO_ROOT
-PROMPT_PATH = REPO_ROOT / "prompts" / "mapping_rule_v1.md"
-LANDING = "raw.lake_transactions"
-INTERMEDIATE = "paynorm_intermediate.int_transactions_normalized"
 LLM_RULE_PRIORITY = 50  # below the built-in rules' default (100): a built-in rule wins any overlap
 LOCK_KEY = 0x70A1_11A0  # advisory lock: one LLM step at a time per warehouse
-# Fields an LLM rule may hold as a constant (everything else must come from the payload).
-LLM_CONST_FIELDS = ("currency", "event_type", "payment_method", "card_network")
-# Text constants that must appear in the samples the model saw.
-CONST_MUST_APPEAR = ("currency", "payment_method", "card_network")
-PAYLOAD_KEYS = ("data", "transaction_data", "payload")  # lake row columns that hold the payload
-_STATUS_KEY_RE = re.compile(
-    r"(^|[_@-])(status|state|result|outcome|decision|result_?code|response_?code|reason_?code|"
-    r"return_?code|resp_?code|code|approved|success|successful|event_?code|event_?type|type|kind)$", re.I)
 _NEGATIVE_TOKEN_RE = re.compile(
     r"declin|refus|reject|denied|deny|fail|error|cancel|void|expir|fraud|insufficient|not_?auth|unauthori|"
     r"blocked|invalid|revers|chargeback"
@@ -80,424 +71,10 @@ _NEGATIVE_TOKEN_RE = re.compile(
     r"^\s*(ko|nok|no|non|nein)\s*$", re.I)
 _BOOLEAN_TOKENS = ("true", "false", "1", "0", "yes", "no", "t", "f", "y", "n")
 _COMMA_DECIMAL_RE = r"^-?[0-9]{1,3}([. '][0-9]{3})*(,[0-9]+)?$|^-?[0-9]+(,[0-9]+)?$"
-RETRYABLE = ("rate_limited", "server_error", "timeout", "connection_error")
 
 
-class LlmError(RuntimeError):
-    """The LLM step cannot run (configuration, another step running)."""
-
-
-# -- the prompt and the response schema -------------------------------------------------------------
-
-
-def _prompt_sections(path: str = str(PROMPT_PATH)) -> dict[str, str]:
-    text = Path(path).read_text()
-    parts = re.split(r"^=== (\w+) ===[ \t]*\n", text, flags=re.M)
-    sections = {parts[i]: parts[i + 1].strip() + "\n" for i in range(1, len(parts) - 1, 2)}
-    missing = {"system", "user", "repair"} - sections.keys()
-    if missing:
-        raise LlmError(f"{path}: missing prompt section(s) {sorted(missing)}")
-    return sections
-
-
-def _fill(template: str, values: dict[str, Any]) -> str:
-    out = template
-    for k, v in values.items():
-        out = out.replace("{{" + k + "}}", str(v))
-    return out
-
-
-def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"anyOf": [schema, {"type": "null"}]}
-
-
-def _strict_value(prop: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
-    """A strict-mode schema for one property of the rule schema (enums kept, patterns dropped)."""
-    if "$ref" in prop:
-        prop = defs[prop["$ref"].split("/")[-1]]
-    if "enum" in prop:
-        return {"type": "string", "enum": list(prop["enum"])}
-    t = prop.get("type")
-    if isinstance(t, list):  # e.g. const: [string, number] -> string
-        t = "string" if "string" in t else t[0]
-    if t == "boolean":
-        return {"type": "boolean"}
-    if t in ("integer", "number"):
-        return {"type": t}
-    return {"type": "string"}
-
-
-def _strict_field(def_: dict[str, Any], defs: dict[str, Any], *, allow_const: bool, required: bool) -> dict[str, Any]:
-    props: dict[str, Any] = {}
-    for key, prop in def_.get("properties", {}).items():
-        if key in ("cases", "default", "vocabulary"):
-            continue  # LLM rules take values from the payload: no cases, no defaults
-        if key == "const" and not allow_const:
-            continue
-        if key == "map":
-            value = _strict_value(prop.get("additionalProperties", {"type": "string"}), defs)
-            props["map"] = _nullable({
-                "type": "array",
-                "description": "raw value (as in the payload) -> canonical value",
-                "items": {"type": "object", "additionalProperties": False, "required": ["raw", "value"],
-                          "properties": {"raw": {"type": "string"}, "value": value}},
-            })
-            continue
-        props[key] = _nullable(_strict_value(prop, defs))
-    obj = {"type": "object", "additionalProperties": False, "required": list(props), "properties": props}
-    return obj if required else _nullable(obj)
-
-
-@functools.lru_cache(maxsize=1)
-def response_schema() -> dict[str, Any]:
-    """The strict JSON schema of the answer, derived from mappings/schema.json.
-
-    ``{"mappable": bool, "reason": str, "rule": {description, provider, match, fields} | null}``;
-    every canonical field is present (null when unused); field specs keep path, row_path, regex,
-    map (as a list of {raw, value}), unit/format/country enums and flags; constants only where an
-    LLM rule may hold one; no cases or defaults. ``id``, ``formats`` and ``priority`` are set by
-    paynorm, not by the model.
-    """
-    schema = mappings.load_schema()
-    defs = schema["$defs"]
-    field_props = schema["properties"]["fields"]["properties"]
-    fields: dict[str, Any] = {}
-    for name in mappings.CANONICAL_RULE_FIELDS:
-        def_ = defs[field_props[name]["$ref"].split("/")[-1]]
-        fields[name] = _strict_field(def_, defs, allow_const=name in LLM_CONST_FIELDS, required=name == "status")
-    provider = _strict_field(defs["provider"], defs, allow_const=True, required=True)
-    rule = {
-        "type": "object", "additionalProperties": False,
-        "required": ["description", "provider", "match", "fields"],
-        "properties": {
-            "description": {"type": "string", "description": "What the shape is (provider, object, operation)."},
-            "provider": provider,
-            "match": {"type": "string", "description": "SQL/JSON path filter: '$ ? (<condition>)'."},
-            "fields": {"type": "object", "additionalProperties": False, "required": list(fields),
-                       "properties": fields},
-        },
-    }
-    return {
-        "type": "object", "additionalProperties": False, "required": ["mappable", "reason", "rule"],
-        "properties": {
-            "mappable": {"type": "boolean", "description": "false when the samples are not payment events."},
-            "reason": {"type": "string"},
-            "rule": _nullable(rule),
-        },
-    }
-
-
-def prompt_hash() -> str:
-    """Hash of the prompt file and the response schema: a new value retries unmappable shapes."""
-    h = hashlib.sha256(PROMPT_PATH.read_bytes())
-    h.update(json.dumps(response_schema(), sort_keys=True).encode())
-    return h.hexdigest()[:16]
-
-
-def response_format() -> dict[str, Any]:
-    return {"type": "json_schema",
-            "json_schema": {"name": "paynorm_mapping_rule", "strict": True, "schema": response_schema()}}
-
-
-# -- seeds (the same CSVs dbt loads) ----------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=1)
 def vocabulary_status(token: str | None, provider: str | None) -> str | None:
-    return None if token is None else mappings.vocabulary_status(token, provider)
-
-def _relation(ctx: "_Ctx", model: str) -> sql.Composable:
-    """A model's relation, named by the dbt manifest (never hard-coded here)."""
-    from consumer import transform
-
-    return sql.Identifier(*transform.relation_name(ctx.dsn, model, home=ctx.home, project_dir=ctx.project_dir))
-
-
-@dataclass
-class _Ctx:
-    """Where the warehouse's dbt project lives, for relation names and the rule compiler."""
-
-    dsn: str
-    home: Path
-    project_dir: Path | None = None
-
-    def compile(self, rule: dict[str, Any], shape_key: str) -> str:
-        """The SQL the build's own macros make of ``rule`` (paynorm_rule_preview) for ``shape_key``."""
-        from consumer import authoring
-
-        return authoring.preview_sql(self.dsn, rule, shape_key=shape_key, home=self.home,
-                                     project_dir=self.project_dir)
-
-
-LIVE = sql.SQL("not l.deleted and l.decode_error is null and l.payload is not null "
-               "and l.payload_format <> 'empty' and l.shape_key is not null")
-
-
-# -- finding the shapes that wait --------------------------------------------------------------------
-
-
-@dataclass
-class Shape:
-    shape_key: str
-    payload_format: str
-    rows: int
-    llm_status: str | None = None  # paynorm.llm_shapes status when tried before (retry)
-
-
-def unmatched_shapes(conn: psycopg.Connection, ctx: _Ctx, *, tried: bool = False) -> list[Shape]:
-    """Shapes whose rows no active rule matches, from the build's own outcome: the rows of
-    `normalization_pending` (and, with ``tried``, those quarantined after the LLM step tried their
-    shape), biggest first."""
-    parts = [sql.SQL("select shape_key, source_format from {} ").format(_relation(ctx, "normalization_pending"))]
-    if tried:
-        parts.append(sql.SQL("select shape_key, source_format from {} where reason in ('no_rule', 'llm_unmappable')"
-                             ).format(_relation(ctx, "normalization_quarantine")))
-    q = sql.SQL("select shape_key, min(source_format), count(*) from ({}) as u where shape_key is not null "
-                "group by shape_key order by count(*) desc, shape_key").format(sql.SQL(" union all ").join(parts))
-    return [Shape(k, f, n) for k, f, n in conn.execute(q).fetchall()]
-
-
-def _shape_keys(conn: psycopg.Connection, ctx: _Ctx, shape_key: str) -> list[str]:
-    """Lake keys of the rows of a shape that no active rule matches (the LLM step's input)."""
-    q = sql.SQL("select lake_key from {} where shape_key = {} union "
-                "select lake_key from {} where shape_key = {} and reason in ('no_rule', 'llm_unmappable')").format(
-        _relation(ctx, "normalization_pending"), sql.Literal(shape_key),
-        _relation(ctx, "normalization_quarantine"), sql.Literal(shape_key))
-    return [r[0] for r in conn.execute(q).fetchall()]
-
-
-def waiting_shapes(conn: psycopg.Connection, ctx: _Ctx, *, model: str, phash: str,
-                   retry_unmappable: bool = False) -> tuple[list[Shape], list[Shape]]:
-    """(shapes to ask about, shapes already tried and left as they are)."""
-    tried = {r[0]: (r[1], r[2], r[3]) for r in conn.execute(
-        "select shape_key, status, model, prompt_hash from paynorm.llm_shapes").fetchall()}
-    todo, done = [], []
-    for s in unmatched_shapes(conn, ctx, tried=True):
-        t = tried.get(s.shape_key)
-        if t is None:
-            todo.append(s)
-            continue
-        s.llm_status = t[0]
-        changed = (t[1] is not None and t[1] != model) or (t[2] is not None and t[2] != phash)
-        if t[0] in ("unmappable", "failed") and (retry_unmappable or changed):
-            todo.append(s)
-        else:
-            done.append(s)
-    return todo, done
-
-
-# -- samples -----------------------------------------------------------------------------------------
-
-
-def _status_like_paths(obj: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-    out: list[tuple[str, ...]] = []
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            if isinstance(v, dict):
-                out += _status_like_paths(v, (*prefix, str(k)))
-            elif not isinstance(v, list) and _STATUS_KEY_RE.search(re.sub(r"(?<=[a-z])(?=[A-Z])", "_", str(k))):
-                out.append((*prefix, str(k)))
-    return out[:8]
-
-
-@dataclass
-class Sample:
-    lake_key: str
-    payload: Any
-    row: dict[str, Any]
-
-
-def pick_samples(conn: psycopg.Connection, shape_key: str, n: int, keys: list[str] | None = None) -> list[Sample]:
-    """Up to ``n`` rows of the shape (of ``keys``, the rows no rule matches, when given): one per
-    distinct combination of status-like values first (most frequent first), then the most recent."""
-    only = sql.SQL("l.lake_key = any({}::text[])").format(sql.Literal(keys)) if keys is not None else sql.SQL("true")
-    base = sql.SQL("from {} as l where l.shape_key = {} and {} and {}").format(
-        sql.SQL(LANDING), sql.Literal(shape_key), LIVE, only)
-    first = conn.execute(sql.SQL("select l.payload::text ") + base + sql.SQL(" limit 1")).fetchone()
-    if first is None:
-        return []
-    paths = _status_like_paths(loads_exact(first[0]))
-    sig = (sql.SQL("jsonb_build_array({})").format(sql.SQL(", ").join(
-        sql.SQL("l.payload #> {}::text[]").format(sql.Literal(list(p))) for p in paths)) if paths
-           else sql.SQL("'[]'::jsonb"))
-    keys = [r[0] for r in conn.execute(
-        sql.SQL("select (array_agg(l.lake_key order by l.load_seq desc))[1] ") + base
-        + sql.SQL(" group by {} order by count(*) desc, 1 limit {}").format(sig, sql.Literal(n))).fetchall()]
-    if len(keys) < n:
-        keys += [r[0] for r in conn.execute(
-            sql.SQL("select l.lake_key ") + base + sql.SQL(" and not (l.lake_key = any({}::text[])) "
-                                                           "order by l.load_seq desc limit {}").format(
-                sql.Literal(keys), sql.Literal(n - len(keys)))).fetchall()]
-    rows = conn.execute(sql.SQL("select lake_key, payload::text, row_data::text from {} "
-                                "where lake_key = any({}::text[]) order by load_seq desc").format(
-        sql.SQL(LANDING), sql.Literal(keys))).fetchall()
-    out = []
-    for key, payload, row_data in rows:
-        row = loads_exact(row_data) if row_data else {}
-        row = {k: v for k, v in (row or {}).items() if k not in PAYLOAD_KEYS} if isinstance(row, dict) else {}
-        out.append(Sample(key, loads_exact(payload), row))
-    return out
-
-
-def _trim_arrays(value: Any, keep: int = 3) -> Any:
-    """Arrays cut to their first items: the shape is the same, the prompt much shorter."""
-    if isinstance(value, dict):
-        return {k: _trim_arrays(v, keep) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_trim_arrays(v, keep) for v in value[:keep]]
-    return value
-
-
-MAX_SAMPLES_CHARS = 24000  # samples beyond this size are dropped (at least one is always sent)
-
-
-def redacted_samples(samples: list[Sample]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    size = 0
-    for s in samples:
-        red = redact.redact_record(_trim_arrays({"payload": s.payload, "row": s.row}))
-        size += len(dumps_exact(red))
-        if out and size > MAX_SAMPLES_CHARS:
-            break
-        out.append(red)
-    return out
-
-
-# -- the request ------------------------------------------------------------------------------------
-
-
-def build_messages(shape: Shape, samples: list[Sample]) -> list[dict[str, str]]:
-    """System message (no payload) + user message with the redacted samples between data markers."""
-    sec = _prompt_sections()
-    lines = [dumps_exact(s) for s in redacted_samples(samples)]
-    body = "\n".join(lines)
-    nonce = hashlib.sha256(body.encode()).hexdigest()[:12]  # never inside the data it delimits
-    paths = sorted(shape_paths(samples[0].payload)) if samples else []
-    user = _fill(sec["user"], {
-        "SHAPE_KEY": shape.shape_key, "PAYLOAD_FORMAT": shape.payload_format, "ROW_COUNT": shape.rows,
-        "SHAPE_PATHS": "\n".join(f"  {redact.redact_text(p, max_len=200)}" for p in paths[:300]),
-        "NONCE": nonce, "SAMPLE_COUNT": len(lines), "SAMPLES": body,
-    })
-    return [{"role": "system", "content": sec["system"]}, {"role": "user", "content": user}]
-
-
-def build_request(settings: Settings, messages: list[dict[str, str]]) -> dict[str, Any]:
-    """The exact body sent to POST /chat/completions."""
-    return {"model": settings.llm_model, "messages": messages, "response_format": response_format(),
-            "temperature": 0, "max_completion_tokens": settings.llm_max_output_tokens}
-
-
-def repair_messages(messages: list[dict[str, str]], answer: str, errors: list[str]) -> list[dict[str, str]]:
-    text = "\n".join(f"- {redact.redact_text(e, max_len=400)}" for e in errors[:25])
-    return [*messages, {"role": "assistant", "content": answer[:20000]},
-            {"role": "user", "content": _fill(_prompt_sections()["repair"], {"ERRORS": text})}]
-
-
-def _estimate_tokens(request: dict[str, Any]) -> int:
-    return len(json.dumps(request)) // 4 + request.get("max_completion_tokens", 0) // 8
-
-
-MAX_ANSWER_CHARS = 200_000  # a mapping rule is a few kB: anything larger is not an answer
-MAX_ANSWER_DEPTH = 24  # nesting of the answer object (a rule is ~6 deep)
-MAX_REPORTED_TOKENS = 10_000_000  # per request; above (or negative) the usage is not believable
-
-
-def _tokens(value: Any) -> tuple[int | None, bool]:
-    """(token count, believable): an endpoint's usage figure is untrusted input."""
-    if value is None:
-        return None, True
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_REPORTED_TOKENS:
-        return None, False
-    return value, True
-
-
-def _depth_exceeds(value: Any, limit: int) -> bool:
-    """Whether a parsed JSON value nests deeper than ``limit`` (iterative: no recursion)."""
-    stack = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, (dict, list)):
-            if depth > limit:
-                return True
-            stack.extend((v, depth + 1) for v in (node.values() if isinstance(node, dict) else node))
-    return False
-
-
-# -- calling the endpoint -----------------------------------------------------------------------------
-
-
-@dataclass
-class CallResult:
-    outcome: str  # ok | malformed | rate_limited | server_error | timeout | connection_error | http_error
-    content: str | None = None
-    refusal: str | None = None
-    finish_reason: str | None = None
-    tokens_in: int | None = None
-    tokens_out: int | None = None
-    latency_ms: int = 0
-    error: str | None = None
-    retry_after: float | None = None
-    attempt: int = 1
-
-
-def _client(settings: Settings) -> Any:
-    from openai import OpenAI
-
-    for name in ("openai", "httpx", "httpcore"):  # their DEBUG logs dump requests; the key must never be logged
-        lg = logging.getLogger(name)
-        if lg.getEffectiveLevel() < logging.INFO:
-            lg.setLevel(logging.INFO)
-    return OpenAI(api_key=settings.openai_api_key, base_url=settings.openai_base_url or None,
-                  timeout=settings.llm_timeout, max_retries=0)
-
-
-def _one_request(client: Any, request: dict[str, Any], key: str) -> CallResult:
-    import openai
-
-    t0 = time.monotonic()
-
-    def done(**kw: Any) -> CallResult:
-        res = CallResult(latency_ms=int((time.monotonic() - t0) * 1000), **kw)
-        if res.error and key:
-            res.error = res.error.replace(key, "***")
-        return res
-
-    try:
-        resp = client.chat.completions.create(**request)
-    except openai.APITimeoutError as e:
-        return done(outcome="timeout", error=f"timeout: {e}")
-    except openai.APIConnectionError as e:
-        return done(outcome="connection_error", error=f"connection error: {e}")
-    except openai.APIStatusError as e:
-        ra = None
-        try:
-            ra = float(e.response.headers.get("retry-after", ""))
-        except (ValueError, AttributeError, TypeError):
-            pass
-        kind = "rate_limited" if e.status_code == 429 else "server_error" if e.status_code >= 500 else "http_error"
-        return done(outcome=kind, error=f"HTTP {e.status_code}: {str(e)[:500]}", retry_after=ra)
-    except openai.OpenAIError as e:
-        return done(outcome="http_error", error=f"{type(e).__name__}: {str(e)[:500]}")
-    except (RecursionError, ValueError, TypeError, AttributeError) as e:
-        # the client could not even read the body (nested 200k levels deep, not JSON, wrong types):
-        # an answer like that is malformed, recorded like any other, never an exception of the step
-        return done(outcome="malformed", error=f"the answer could not be read: {type(e).__name__}: {str(e)[:200]}")
-    try:
-        choice = resp.choices[0] if getattr(resp, "choices", None) else None
-        msg = choice.message if choice is not None else None
-        usage = getattr(resp, "usage", None)
-        content, refusal = getattr(msg, "content", None), getattr(msg, "refusal", None)
-        finish = getattr(choice, "finish_reason", None)
-        tin, ok_in = _tokens(getattr(usage, "prompt_tokens", None))
-        tout, ok_out = _tokens(getattr(usage, "completion_tokens", None))
-    except Exception as e:  # noqa: BLE001 - an odd response object is a malformed answer
-        return done(outcome="malformed", error=f"the answer could not be read: {type(e).__name__}")
-    if not (ok_in and ok_out):
-        return done(outcome="malformed", content=content if isinstance(content, str) else None,
-                    error="the answer's token counts are negative or not believable (usage is untrusted input)")
-    if content is not None and not isinstance(content, str) or refusal is not None and not isinstance(refusal, str):
-        return done(outcome="malformed", error="the answer's content is not text")
-    return done(outcome="ok", content=content, refusal=refusal, finish_reason=finish, tokens_in=tin, tokens_out=tout)
+    return None if token is None else rules.vocabulary_status(token, provider)
 
 
 # -- from the answer to a rule ------------------------------------------------------------------------
@@ -619,7 +196,7 @@ def policy_errors(rule: dict[str, Any], samples_text: str) -> list[str]:
                                   f"token (free text cannot be a status)")
                     continue
                 seed = vocabulary_status(str(raw), provider)
-                if seed is not None and value in mappings.STATUSES and seed != value:
+                if seed is not None and value in rules.STATUSES and seed != value:
                     errors.append(f"fields.status.map: {str(raw)!r} -> {value!r} contradicts the status vocabulary "
                                   f"({str(raw)!r} is {seed})")
                 elif value == "approved" and _NEGATIVE_TOKEN_RE.search(str(raw)):
@@ -658,7 +235,7 @@ _PREVIEW_COLUMNS = ("lake_key", "shape_key", "current_mapping_id", "provider", "
                     "amount_withheld_reason", "issuer_country", "merchant_country", "event_at_parsed")
 
 
-def evaluate_rule(conn: psycopg.Connection, rule: dict[str, Any], shape_key: str, ctx: _Ctx, *,
+def evaluate_rule(conn: psycopg.Connection, rule: dict[str, Any], shape_key: str, ctx: Context, *,
                   min_coverage: float = 0.95) -> Evaluation:
     """Apply ``rule`` with the build's own compiler (``paynorm_rule_preview``) to every live row it
     would capture plus every row of its shape no rule matches, and say what is wrong with it
@@ -667,7 +244,7 @@ def evaluate_rule(conn: psycopg.Connection, rule: dict[str, Any], shape_key: str
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in _PREVIEW_COLUMNS)
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(sql.SQL("select {} from ({}) as preview").format(cols, sql.SQL(code))).fetchall()
-    keys = _shape_keys(conn, ctx, shape_key)
+    keys = shape_rows(conn, ctx, shape_key)
     return _judge(conn, rule, rows, keys, shape_key, min_coverage)
 
 
@@ -800,12 +377,12 @@ def flag_evidence_errors(conn: psycopg.Connection, rule: dict[str, Any], shape_k
 
 
 def validate_llm_rule(conn: psycopg.Connection, rule: dict[str, Any], shape_key: str, samples_text: str,
-                      ctx: _Ctx, *, min_coverage: float = 0.95) -> Evaluation:
+                      ctx: Context, *, min_coverage: float = 0.95) -> Evaluation:
     """Every check an LLM rule must pass before it is stored (empty errors = accepted)."""
-    errors = mappings.validate_rule(rule, conn)
+    errors = rules.validate_rule(rule, conn)
     if errors:  # schema errors: validate_rule skipped the PostgreSQL checks; report them too
         try:
-            errors += [e for e in mappings.check_sql(rule, conn) if e not in errors]
+            errors += [e for e in rules.check_sql(rule, conn) if e not in errors]
         except Exception as e:  # noqa: BLE001 - a malformed rule must not crash the step
             errors.append(f"the rule's paths could not be checked: {e}")
     errors += [e for e in policy_errors(rule, samples_text) if e not in errors]
@@ -929,28 +506,7 @@ class LlmRunResult:
         return line
 
 
-class _Budget:
-    def __init__(self, max_calls: int, max_tokens: int) -> None:
-        self.max_calls, self.max_tokens = max_calls, max_tokens
-        self.calls = self.tokens_in = self.tokens_out = 0
-        self.stop: str | None = None
 
-    def allows(self, request: dict[str, Any]) -> bool:
-        if self.calls >= self.max_calls:
-            self.stop = self.stop or "max_calls"
-            return False
-        if self.tokens_in + self.tokens_out + _estimate_tokens(request) > self.max_tokens:
-            self.stop = self.stop or "max_tokens"
-            return False
-        return True
-
-    def spend(self, res: CallResult, request: dict[str, Any]) -> None:
-        """Count a request: at least what was sent (and received), whatever usage the endpoint claims."""
-        self.calls += 1
-        sent = len(json.dumps(request)) // 4
-        received = len(res.content or "") // 4
-        self.tokens_in += max(res.tokens_in or 0, sent)
-        self.tokens_out += max(res.tokens_out or 0, received)
 
 
 def _connect(conn_or_dsn: psycopg.Connection | str) -> tuple[psycopg.Connection, bool]:
@@ -974,9 +530,9 @@ def run_llm_step(conn_or_dsn: psycopg.Connection | str, settings: Settings, *, d
     """
     conn, own = _connect(conn_or_dsn)
     dsn = conn_or_dsn if isinstance(conn_or_dsn, str) else settings.warehouse_dsn
-    ctx = _Ctx(dsn, Path(settings.home), Path(settings.dbt_project_dir) if settings.dbt_project_dir else None)
+    ctx = Context(dsn, Path(settings.home), Path(settings.dbt_project_dir) if settings.dbt_project_dir else None)
     try:
-        mappings.ensure_schema(conn)
+        rules.ensure_schema(conn)
         phash = prompt_hash()
         result = LlmRunResult(run_id=uuid.uuid4().hex[:12], model=settings.llm_model, prompt_hash=phash,
                               dry_run=dry_run)
@@ -984,7 +540,7 @@ def run_llm_step(conn_or_dsn: psycopg.Connection | str, settings: Settings, *, d
             raise LlmError("another `paynorm llm` run holds the lock on this warehouse; try again later")
         try:
             _run(conn, settings, ctx, result, dry_run=dry_run, retry_unmappable=retry_unmappable,
-                 budget=_Budget(settings.llm_max_calls if max_calls is None else max_calls,
+                 budget=Budget(settings.llm_max_calls if max_calls is None else max_calls,
                                 settings.llm_max_tokens if max_tokens is None else max_tokens),
                  sleep=sleep)
         finally:
@@ -995,8 +551,8 @@ def run_llm_step(conn_or_dsn: psycopg.Connection | str, settings: Settings, *, d
             conn.close()
 
 
-def _run(conn: psycopg.Connection, settings: Settings, ctx: _Ctx, result: LlmRunResult, *, dry_run: bool,
-         retry_unmappable: bool, budget: _Budget, sleep: Callable[[float], None]) -> None:
+def _run(conn: psycopg.Connection, settings: Settings, ctx: Context, result: LlmRunResult, *, dry_run: bool,
+         retry_unmappable: bool, budget: Budget, sleep: Callable[[float], None]) -> None:
     if conn.execute("select to_regclass(%s)", (LANDING,)).fetchone()[0] is None:
         return  # nothing landed yet (`paynorm init` / replicate create the landing)
     pending = _relation(ctx, "normalization_pending").as_string(conn)
@@ -1013,11 +569,11 @@ def _run(conn: psycopg.Connection, settings: Settings, ctx: _Ctx, result: LlmRun
     if not settings.openai_api_key and not dry_run:
         result.no_key = True
         return
-    client = None if dry_run else _client(settings)
+    client = None if dry_run else make_client(settings)
     for shape in todo:
         # a rule accepted for one shape never captures another one's rows (validation refuses it),
         # so every waiting shape is asked about, once
-        samples = pick_samples(conn, shape.shape_key, settings.llm_samples, _shape_keys(conn, ctx, shape.shape_key))
+        samples = pick_samples(conn, shape.shape_key, settings.llm_samples, shape_rows(conn, ctx, shape.shape_key))
         if not samples:
             continue
         messages = build_messages(shape, samples)
@@ -1037,14 +593,14 @@ def _run(conn: psycopg.Connection, settings: Settings, ctx: _Ctx, result: LlmRun
 
 
 def _call_with_retries(conn: psycopg.Connection, client: Any, settings: Settings, result: LlmRunResult,
-                       shape: Shape, kind: str, request: dict[str, Any], budget: _Budget,
+                       shape: Shape, kind: str, request: dict[str, Any], budget: Budget,
                        sleep: Callable[[float], None]) -> CallResult | None:
     """One logical request: retried on 429/5xx/timeouts; None when the budget forbids it."""
     res: CallResult | None = None
     for attempt in range(1, settings.llm_max_retries + 2):
         if not budget.allows(request):
             return res if res is not None else None
-        res = _one_request(client, request, settings.openai_api_key)
+        res = one_request(client, request, settings.openai_api_key)
         res.attempt = attempt
         budget.spend(res, request)
         if res.outcome in ("ok", "malformed"):
@@ -1061,34 +617,11 @@ def _call_with_retries(conn: psycopg.Connection, client: Any, settings: Settings
     return res
 
 
-def _parse_answer(res: CallResult) -> tuple[str, dict[str, Any] | None, str | None]:
-    """(outcome, answer, error): outcome ok | refusal | malformed. Never raises: the answer is
-    untrusted input (bounded size and depth, any parse problem is `malformed`)."""
-    if res.outcome == "malformed":
-        return "malformed", None, res.error or "the answer could not be read"
-    if res.refusal:
-        return "refusal", None, f"the model refused: {res.refusal[:500]}"
-    if res.finish_reason == "length":
-        return "malformed", None, "the answer was cut at max_completion_tokens (not complete JSON)"
-    if not res.content:
-        return "malformed", None, "the answer is empty"
-    if len(res.content) > MAX_ANSWER_CHARS:
-        return "malformed", None, f"the answer is larger than {MAX_ANSWER_CHARS} characters"
-    try:
-        answer = json.loads(res.content)
-    except RecursionError:
-        return "malformed", None, f"the answer nests deeper than {MAX_ANSWER_DEPTH} levels"
-    except ValueError as e:
-        return "malformed", None, f"the answer is not valid JSON ({e}); answer with the JSON object of the schema"
-    if _depth_exceeds(answer, MAX_ANSWER_DEPTH):
-        return "malformed", None, f"the answer nests deeper than {MAX_ANSWER_DEPTH} levels"
-    if not isinstance(answer, dict) or "mappable" not in answer:
-        return "malformed", None, "the answer is not the object of the response schema (mappable, reason, rule)"
-    return "ok", answer, None
 
 
-def _ask(conn: psycopg.Connection, client: Any, settings: Settings, ctx: _Ctx, result: LlmRunResult, shape: Shape,
-         samples: list[Sample], messages: list[dict[str, str]], budget: _Budget,
+
+def _ask(conn: psycopg.Connection, client: Any, settings: Settings, ctx: Context, result: LlmRunResult, shape: Shape,
+         samples: list[Sample], messages: list[dict[str, str]], budget: Budget,
          sleep: Callable[[float], None]) -> ShapeResult:
     sr = ShapeResult(shape.shape_key, shape.payload_format, shape.rows, "waiting")
     samples_text = "\n".join(dumps_exact(s) for s in redacted_samples(samples))
@@ -1101,7 +634,7 @@ def _ask(conn: psycopg.Connection, client: Any, settings: Settings, ctx: _Ctx, r
         if res is None or res.outcome not in ("ok", "malformed"):
             sr.errors.append(res.error if res is not None and res.error else "budget exhausted")
             return sr  # transport failure or budget: the shape keeps waiting (retried next run)
-        outcome, answer, error = _parse_answer(res)
+        outcome, answer, error = parse_answer(res)
         if outcome == "refusal":
             _record_call(conn, result.run_id, shape, kind, res.attempt, model, phash, res, "refusal", error)
             sr.errors.append(error or "refusal")
@@ -1134,9 +667,9 @@ def _ask(conn: psycopg.Connection, client: Any, settings: Settings, ctx: _Ctx, r
             figures = {**ev.figures, "samples": [s.lake_key for s in samples], "run_id": result.run_id,
                        "repaired": kind == "repair"}
             try:
-                mappings.upsert_rule(conn, rule, origin="llm", status=status, model=model, prompt_hash=phash,
+                rules.upsert_rule(conn, rule, origin="llm", status=status, model=model, prompt_hash=phash,
                                      validation=figures)
-            except (mappings.MappingError, psycopg.Error) as e:
+            except (rules.MappingError, psycopg.Error) as e:
                 ev = Evaluation([f"the rule could not be stored: {e}"], ev.figures)
             else:
                 _record_call(conn, result.run_id, shape, kind, res.attempt, model, phash, res, "accepted",
@@ -1160,7 +693,7 @@ def _ask(conn: psycopg.Connection, client: Any, settings: Settings, ctx: _Ctx, r
 # -- review -------------------------------------------------------------------------------------------
 
 
-def preview_rule(conn: psycopg.Connection, rule: dict[str, Any], ctx: _Ctx, *, shape_key: str | None = None,
+def preview_rule(conn: psycopg.Connection, rule: dict[str, Any], ctx: Context, *, shape_key: str | None = None,
                  limit: int = 3) -> list[dict[str, Any]]:
     """Sample rows the rule captures: {lake_key, before (redacted payload), after (canonical values
     as the build's own compiler makes them)}, rows of ``shape_key`` first."""
@@ -1186,11 +719,11 @@ def preview_rule(conn: psycopg.Connection, rule: dict[str, Any], ctx: _Ctx, *, s
 
 def review(conn: psycopg.Connection, settings: Settings, *, limit: int = 3) -> list[dict[str, Any]]:
     """Proposed rules (newest first) with their validation figures and sample before/after rows."""
-    mappings.ensure_schema(conn)
+    rules.ensure_schema(conn)
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute("select id, origin, model, prompt_hash, rule, validation, updated_at from paynorm.mappings "
                            "where status = 'proposed' order by updated_at desc, id").fetchall()
-    ctx = _Ctx(settings.warehouse_dsn, Path(settings.home),
+    ctx = Context(settings.warehouse_dsn, Path(settings.home),
                Path(settings.dbt_project_dir) if settings.dbt_project_dir else None)
     out = []
     for r in rows:
@@ -1233,16 +766,16 @@ def render_review(items: list[dict[str, Any]]) -> str:
 
 def approve(conn: psycopg.Connection, rule_id: str) -> None:
     """Activate a proposed rule (the next dbt build normalizes its rows)."""
-    row = mappings.get_rule(conn, rule_id)
+    row = rules.get_rule(conn, rule_id)
     if row is None:
-        raise mappings.MappingError(f"no rule {rule_id!r}")
-    mappings.set_status(conn, rule_id, "active")
+        raise rules.MappingError(f"no rule {rule_id!r}")
+    rules.set_status(conn, rule_id, "active")
 
 
 def reject(conn: psycopg.Connection, rule_id: str) -> None:
     """Reject a rule; an LLM shape it was proposed for is marked failed (quarantine no_rule) and is
     asked about again only with ``paynorm llm --retry-unmappable`` or a new model / prompt."""
-    mappings.set_status(conn, rule_id, "rejected")
+    rules.set_status(conn, rule_id, "rejected")
     with conn.transaction():
         conn.execute("update paynorm.llm_shapes set status = 'failed', last_error = %s, tried_at = now() "
                      "where mapping_id = %s", (f"rule {rule_id} rejected in review", rule_id))
@@ -1250,9 +783,9 @@ def reject(conn: psycopg.Connection, rule_id: str) -> None:
 
 def export_yaml(conn: psycopg.Connection, rule_id: str) -> str:
     """The rule as YAML ready to commit as mappings/<id>.yml (with a provenance comment)."""
-    row = mappings.get_rule(conn, rule_id)
+    row = rules.get_rule(conn, rule_id)
     if row is None:
-        raise mappings.MappingError(f"no rule {rule_id!r}")
+        raise rules.MappingError(f"no rule {rule_id!r}")
     rule = {k: v for k, v in row["rule"].items() if k != "status"}
     v = row.get("validation") or {}
     head = [f"# mappings/{rule_id}.yml — exported by `paynorm mappings export {rule_id}`"]
@@ -1260,4 +793,4 @@ def export_yaml(conn: psycopg.Connection, rule_id: str) -> str:
         head.append(f"# proposed by {row['model']} (prompt {row['prompt_hash']}) for shape {v.get('shape_key')}; "
                     f"validated on {v.get('rows')} row(s)")
     head.append("# add a fixture mappings/fixtures/<id>__<case>.json before committing (see mappings/README.md)")
-    return "\n".join(head) + "\n" + mappings.rule_to_yaml(rule)
+    return "\n".join(head) + "\n" + rules.rule_to_yaml(rule)
