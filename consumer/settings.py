@@ -63,6 +63,10 @@ class Settings:
     status_interval: float = field(default_factory=lambda: float(os.environ.get("PAYNORM_STATUS_INTERVAL", "10")))
     # Longest back-off between reconnect attempts when the lake or the warehouse is down.
     max_backoff: float = field(default_factory=lambda: float(os.environ.get("PAYNORM_MAX_BACKOFF", "30")))
+    # Seconds a transient problem (lake or warehouse unreachable) is retried before the command fails
+    # (exit 1); 0 = forever. Unset: forever in continuous mode, 60 s with --once (cron must see it end).
+    retry_for: float | None = field(
+        default_factory=lambda: float(os.environ["PAYNORM_RETRY_FOR"]) if os.environ.get("PAYNORM_RETRY_FOR") else None)
     # Log format: 'human' or 'json'.
     log_format: str = field(default_factory=lambda: os.environ.get("PAYNORM_LOG_FORMAT", "human"))
     # Log level name.
@@ -111,6 +115,10 @@ class Settings:
     )
     # Records decoded and staged per chunk while a file streams in (memory), before its single commit.
     files_chunk: int = field(default_factory=lambda: int(os.environ.get("PAYNORM_FILES_CHUNK", "5000")))
+    # true: the files ARE the lake's own export, so a file record may rewrite, revive or tombstone a row
+    # CDC or poll landed; false (default): a record with the id of another source's row leaves it alone.
+    files_are_lake_export: bool = field(
+        default_factory=lambda: _bool(os.environ.get("PAYNORM_FILES_ARE_LAKE_EXPORT"), False))
     # S3-compatible endpoint (MinIO...); empty = AWS (boto3 also reads AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL).
     s3_endpoint_url: str = field(default_factory=lambda: os.environ.get("PAYNORM_S3_ENDPOINT_URL", ""))
     # -- the pipeline (`paynorm run`, consumer/pipeline.py) --
@@ -127,10 +135,3 @@ class Settings:
     @property
     def source_tag(self) -> str:
         return f"cdc:{self.slot}"
-
-
-def redact_dsn(dsn: str) -> str:
-    """A DSN fit for logs: the password replaced by ***, whatever the DSN syntax."""
-    dsn = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
-    dsn = re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", dsn, flags=re.I)
-    return dsn

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Sequence
 import psycopg
 from psycopg import sql
 
-from .decode import decode_payload
+from ..decode import decode_payload
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ create temp table if not exists _paynorm_landing (
 ) on commit delete rows
 """
 
-UPSERT_FROM_STAGING = """
+_UPSERT_TEMPLATE = """
 insert into raw.lake_transactions as t (
     lake_key, row_data, payload, payload_format, decode_error, shape_key, op, deleted, source,
     lake_lsn, lake_xid, committed_at, loaded_at, load_seq)
@@ -184,15 +184,27 @@ on conflict (lake_key) do update set
     lake_xid = excluded.lake_xid, committed_at = excluded.committed_at,
     loaded_at = excluded.loaded_at, load_seq = excluded.load_seq
 where case
+    -- Source precedence (the landing contract, README): a file record never rewrites, revives or
+    -- tombstones a row another source owns (a lake row CDC or poll landed), unless the files are
+    -- declared to be the lake's own export (UPSERT_FROM_STAGING_AS_LAKE_EXPORT): then the file's image
+    -- is the row's, whatever landed it (a later CDC change, with its LSN, replaces it again).
+    when excluded.source like 'file:%%' and t.source <> excluded.source then {files_are_lake}
     -- CDC images are ordered by LSN: an image only replaces one that is not newer.
     when excluded.lake_lsn is not null and t.lake_lsn is not null then excluded.lake_lsn >= t.lake_lsn
-    -- Sources without an LSN (poll, files) re-read rows: rewrite only what changed, so dbt's
-    -- incremental models (driven by load_seq) see only new and changed rows.
+    -- An image without an LSN (poll, files) never overrides an image or a tombstone CDC landed: it
+    -- cannot say whether it is newer.
+    when excluded.lake_lsn is null and t.lake_lsn is not null then false
+    -- Sources without an LSN re-read rows: rewrite only what changed, so dbt's incremental models
+    -- see only new and changed rows.
     when excluded.lake_lsn is null then (t.row_data, t.payload, t.deleted, t.source)
         is distinct from (excluded.row_data, excluded.payload, excluded.deleted, excluded.source)
     else true
 end
 """
+#: The landing upsert (parameter: source). Files never take over rows other sources own...
+UPSERT_FROM_STAGING = _UPSERT_TEMPLATE.replace("{files_are_lake}", "false")
+#: ... unless they are the lake's own export (`paynorm load --files-are-lake-export`).
+UPSERT_FROM_STAGING_AS_LAKE_EXPORT = _UPSERT_TEMPLATE.replace("{files_are_lake}", "true")
 
 #: Columns of a staged record, in order (``staged_records`` yields tuples of them).
 STAGED_COLUMNS = ("lake_key, row_data, partial, has_payload, payload, payload_format, decode_error, shape_key, "
@@ -239,9 +251,10 @@ def stage(batch: LandingBatch) -> list[tuple[Any, ...]]:
 
 
 def write_batch(conn: psycopg.Connection, batch: LandingBatch | None, records: list[tuple[Any, ...]] | None = None,
-                *, source: str | None = None) -> int:
+                *, source: str | None = None, files_are_lake_export: bool = False) -> int:
     """Upsert the batch (or its ``stage``d records) into the landing table, inside the caller's
-    transaction; rows written.
+    transaction; rows written. Source precedence applies (``UPSERT_FROM_STAGING``);
+    ``files_are_lake_export`` lets file records take over rows of other sources.
 
     If PostgreSQL refuses the batch because of one row's content (a value jsonb cannot hold, JSON
     nested past the server's stack limit), the rows are retried one by one and each refused row
@@ -254,10 +267,11 @@ def write_batch(conn: psycopg.Connection, batch: LandingBatch | None, records: l
     assert source is not None
     if not records:
         return 0
+    upsert = UPSERT_FROM_STAGING_AS_LAKE_EXPORT if files_are_lake_export else UPSERT_FROM_STAGING
     conn.execute(STAGING_DDL)
     try:
         with conn.transaction():
-            return _upsert(conn, records, source)
+            return _upsert(conn, records, source, upsert)
     except _ROW_ERRORS as e:
         log.warning("batch refused by the warehouse (%s); landing its rows one by one",
                     str(e).strip().splitlines()[0])
@@ -265,26 +279,27 @@ def write_batch(conn: psycopg.Connection, batch: LandingBatch | None, records: l
     for rec in records:
         try:
             with conn.transaction():
-                written += _upsert(conn, [rec], source, clear=True)
+                written += _upsert(conn, [rec], source, upsert, clear=True)
         except _ROW_ERRORS as e:
             reason = f"landing refused the row: {str(e).strip().splitlines()[0]}"[:300]
             log.warning("lake row %s: %s", rec[0], reason)
             stub = (rec[0], json.dumps({"_paynorm_error": reason}), False, True, None, rec[5] or "text",
                     reason, None, *rec[8:13], None)
             with conn.transaction():
-                written += _upsert(conn, [stub], source, clear=True)
+                written += _upsert(conn, [stub], source, upsert, clear=True)
     return written
 
 
 _ROW_ERRORS = (psycopg.errors.DataError, psycopg.errors.ProgramLimitExceeded)
 
 
-def _upsert(conn: psycopg.Connection, records: Sequence[Sequence[Any]], source: str, clear: bool = False) -> int:
+def _upsert(conn: psycopg.Connection, records: Sequence[Sequence[Any]], source: str, upsert: str,
+            clear: bool = False) -> int:
     with conn.cursor() as cur:
         with cur.copy(_COPY) as copy:
             for rec in records:
                 copy.write_row(rec)
-        cur.execute(UPSERT_FROM_STAGING, {"source": source})
+        cur.execute(upsert, {"source": source})
         n = cur.rowcount
         if clear:  # the temp table empties itself at commit; within one transaction, do it by hand
             cur.execute("delete from _paynorm_landing")

@@ -1,0 +1,32 @@
+"""The landing: ``raw.lake_transactions`` and the one commit every source lands through.
+
+A source builds ``LandingRow``s (or staged records) and hands them, with its checkpoint, to
+``commit``: rows and checkpoint are written in one warehouse transaction with the single-writer
+fence checked inside it; the source acknowledges its checkpoint (confirms the LSN to the lake, flags
+rows processed) only after that returns. Source precedence is the upsert's (``table``).
+"""
+
+from .commit import Checkpoint, Fence, commit
+from .table import (
+    PAYLOAD_COLUMN_CANDIDATES,
+    STAGED_COLUMNS,
+    STAGING_DDL,
+    UPSERT_FROM_STAGING,
+    UPSERT_FROM_STAGING_AS_LAKE_EXPORT,
+    LandingBatch,
+    LandingRow,
+    encode_json_value,
+    encode_text_value,
+    init_warehouse,
+    stage,
+    staged_records,
+    tombstone_source,
+    write_batch,
+)
+
+__all__ = [
+    "Checkpoint", "Fence", "commit",
+    "PAYLOAD_COLUMN_CANDIDATES", "STAGED_COLUMNS", "STAGING_DDL", "UPSERT_FROM_STAGING",
+    "UPSERT_FROM_STAGING_AS_LAKE_EXPORT", "LandingBatch", "LandingRow", "encode_json_value", "encode_text_value",
+    "init_warehouse", "stage", "staged_records", "tombstone_source", "write_batch",
+]
