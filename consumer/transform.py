@@ -10,11 +10,13 @@ logged or written to disk.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import json
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -32,6 +34,9 @@ PROJECT_DIR = project_dir()  # the dbt project shipped with paynorm (consumer/re
 PASSWORD_ENV = "DBT_ENV_SECRET_PAYNORM_PASSWORD"
 DEFAULT_SCHEMA = "paynorm"
 _DBT_LOCK = threading.Lock()  # dbt keeps global state: one invocation at a time per process
+# One build per warehouse at a time: two concurrent `dbt build`s race on the incremental models'
+# temporary relations and on the rule table sync. A fixed advisory-lock key, private to paynorm.
+TRANSFORM_LOCK_KEY = 0x3A8E2F1C5B7D4061
 
 
 class TransformError(RuntimeError):
@@ -146,6 +151,21 @@ def _secret_env(password: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _home_lock(home: Path) -> Iterator[None]:
+    """Hold ``<home>/dbt/.lock`` (flock) while dbt uses that home: profiles.yml, the target
+    directory (manifest, partial parse) and the logs are shared by every paynorm process started
+    with the same home, and dbt rewrites them on every invocation."""
+    d = home / "dbt"
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
 def _extra_env(values: dict[str, str]) -> Iterator[None]:
     saved = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
@@ -163,9 +183,17 @@ def run_dbt(dsn: str, args: Sequence[str], *, home: str | Path = ".paynorm", sch
             threads: int = 4, target_path: str | Path | None = None, vars: dict[str, Any] | None = None,
             project_dir: str | Path = PROJECT_DIR, quiet: bool = False) -> TransformResult:
     """Run one dbt command (``args``, e.g. ``["build", "--select", "marts"]``) in-process."""
-    from dbt.cli.main import dbtRunner  # imported lazily: dbt is slow to import
-
     home = Path(home).absolute()
+    with _DBT_LOCK, _home_lock(home):
+        return _run_dbt_locked(dsn, args, home=home, schema=schema, threads=threads, target_path=target_path,
+                               vars=vars, project_dir=project_dir, quiet=quiet)
+
+
+def _run_dbt_locked(dsn: str, args: Sequence[str], *, home: Path, schema: str, threads: int,
+                    target_path: str | Path | None, vars: dict[str, Any] | None, project_dir: str | Path,
+                    quiet: bool) -> TransformResult:
+    from dbt.cli.main import dbtRunner
+
     profiles_dir, password = write_profiles_dir(dsn, home / "dbt", schema=schema, threads=threads)
     cmd = [*args, "--project-dir", str(project_dir), "--profiles-dir", str(profiles_dir),
            "--target-path", str(Path(target_path).absolute() if target_path else home / "dbt" / "target"),
@@ -175,7 +203,7 @@ def run_dbt(dsn: str, args: Sequence[str], *, home: str | Path = ".paynorm", sch
     if quiet:
         cmd.insert(0, "--quiet")
     log.info("dbt %s", " ".join(args))
-    with _DBT_LOCK, _secret_env(password):
+    with _secret_env(password):
         res = dbtRunner().invoke(cmd)
     nodes: list[NodeResult] = []
     results = getattr(res.result, "results", None) or []
@@ -218,14 +246,15 @@ def compile_inline(dsn: str, inline_sql: str, *, home: str | Path = ".paynorm", 
     from dbt.cli.main import dbtRunner
 
     home = Path(home).absolute()
-    profiles_dir, password = write_profiles_dir(dsn, home / "dbt", schema=DEFAULT_SCHEMA)
-    cmd = ["--quiet", "--log-level", "none", "compile", "--inline", inline_sql, "--project-dir", str(project_dir),
-           "--profiles-dir", str(profiles_dir), "--target-path", str(home / "dbt" / "target-inline"),
-           "--log-path", str(home / "dbt" / "logs")]
-    if vars:
-        cmd += ["--vars", json.dumps(vars)]
-    with _DBT_LOCK, _secret_env(password), _extra_env(env or {}), contextlib.redirect_stdout(io.StringIO()):
-        res = dbtRunner().invoke(cmd)  # `compile` prints the SQL on stdout: it is ours to run, not to show
+    with _DBT_LOCK, _home_lock(home):
+        profiles_dir, password = write_profiles_dir(dsn, home / "dbt", schema=DEFAULT_SCHEMA)
+        cmd = ["--quiet", "--log-level", "none", "compile", "--inline", inline_sql, "--project-dir",
+               str(project_dir), "--profiles-dir", str(profiles_dir), "--target-path",
+               str(home / "dbt" / "target-inline"), "--log-path", str(home / "dbt" / "logs")]
+        if vars:
+            cmd += ["--vars", json.dumps(vars)]
+        with _secret_env(password), _extra_env(env or {}), contextlib.redirect_stdout(io.StringIO()):
+            res = dbtRunner().invoke(cmd)  # `compile` prints the SQL on stdout: ours to run, not to show
     results = getattr(res.result, "results", None) or []
     code = getattr(getattr(results[0], "node", None), "compiled_code", None) if results else None
     if not res.success or not code:
@@ -242,13 +271,39 @@ def transform(dsn: str, *, home: str | Path = ".paynorm", select: Sequence[str] 
     """`paynorm transform`: make sure the paynorm tables exist, sync the built-in rules, `dbt build`.
 
     Refused rules are logged (``paynorm mappings validate`` shows why) and do not stop the build.
+    One build per warehouse at a time: a second transform waits for the first (an advisory lock
+    held by a connection of its own for the whole build, released if the process dies).
     """
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        rules.ensure_schema(conn)
-        if sync_rules:
-            res = rules.sync(conn, mappings_dir)
-            if res.refused:
-                log.warning("%d mapping rule(s) refused: %s", len(res.refused), ", ".join(sorted(res.refused)))
+    with psycopg.connect(dsn, autocommit=True) as lock_conn:
+        _wait_transform_lock(lock_conn)
+        try:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                rules.ensure_schema(conn)
+                if sync_rules:
+                    res = rules.sync(conn, mappings_dir)
+                    if res.refused:
+                        log.warning("%d mapping rule(s) refused: %s", len(res.refused),
+                                    ", ".join(sorted(res.refused)))
+            return _build(dsn, home=home, select=select, exclude=exclude, full_refresh=full_refresh, vars=vars,
+                          target_path=target_path, threads=threads, extra_args=extra_args,
+                          project_dir=project_dir, quiet=quiet)
+        finally:
+            lock_conn.execute("select pg_advisory_unlock(%s)", (TRANSFORM_LOCK_KEY,))
+
+
+def _wait_transform_lock(conn: psycopg.Connection) -> None:
+    """Take the warehouse's transform lock, saying once that we wait when another build holds it."""
+    if conn.execute("select pg_try_advisory_lock(%s)", (TRANSFORM_LOCK_KEY,)).fetchone()[0]:
+        return
+    log.warning("another paynorm transform is building this warehouse; waiting for it to finish")
+    started = time.monotonic()
+    conn.execute("select pg_advisory_lock(%s)", (TRANSFORM_LOCK_KEY,))
+    log.info("transform lock acquired after %.1f s", time.monotonic() - started)
+
+
+def _build(dsn: str, *, home: str | Path, select: Sequence[str] | None, exclude: Sequence[str] | None,
+           full_refresh: bool, vars: dict[str, Any] | None, target_path: str | Path | None, threads: int,
+           extra_args: Sequence[str], project_dir: str | Path | None, quiet: bool) -> TransformResult:
     args = ["build"]
     if select:
         args += ["--select", *select]

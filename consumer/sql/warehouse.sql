@@ -24,6 +24,21 @@ create table if not exists raw.lake_transactions (
     load_seq        bigint not null default nextval('raw.load_seq')
 );
 create index if not exists lake_transactions_load_seq on raw.lake_transactions (load_seq);
+-- The transaction that wrote the row's current image: dbt picks up landed rows by COMMIT order with
+-- it (a row written by a transaction that had not committed when the last build took its snapshot
+-- has landed_xid >= that snapshot's xmin), so a landing transaction that commits late is never
+-- skipped, whatever load_seq it took. A trigger stamps it on every insert and update, whoever writes.
+alter table raw.lake_transactions add column if not exists landed_xid xid8 default pg_current_xact_id();
+create index if not exists lake_transactions_landed_xid on raw.lake_transactions (landed_xid);
+create or replace function raw.stamp_landed_xid() returns trigger language plpgsql as $$
+begin
+    new.landed_xid := pg_current_xact_id();
+    return new;
+end
+$$;
+create or replace trigger lake_transactions_stamp_landed_xid
+    before insert or update on raw.lake_transactions
+    for each row execute function raw.stamp_landed_xid();
 create index if not exists lake_transactions_shape_key on raw.lake_transactions (shape_key);
 comment on table raw.lake_transactions is
     'paynorm landing: one row per lake row, latest image; written only by paynorm sources.';

@@ -10,18 +10,25 @@
             {'columns': ['outcome', 'ruleset_hash']},
             {'columns': ['mapping_id', 'rule_hash']},
             {'columns': ['load_seq']},
+            {'columns': ['build_xmin']},
         ],
     )
 }}
 
 {#- One row per landed lake row with its outcome: event | quarantine | pending | deleted.
-    Incremental: only new/changed landing rows (load_seq) and the rows paynorm_reprocess_keys
-    selects are normalized again; everything else is left untouched. -#}
+    Incremental, in COMMIT order: a landing row whose image was written by a transaction that had
+    not committed when the previous build took its snapshot has landed_xid >= that snapshot's xmin
+    (build_xmin, recorded on every row a build writes), so it is picked up by the next build however
+    late it commits and whatever load_seq it took. Plus new load_seq values and the rows
+    paynorm_reprocess_keys selects; everything else is left untouched. -#}
 {%- set rules = paynorm_active_rules() -%}
 {%- set ruleset_hash = paynorm_ruleset_hash(rules) -%}
 {%- set watermark = none -%}
+{%- set prev_xmin = none -%}
 {%- if execute and is_incremental() -%}
-    {%- set watermark = run_query("select coalesce(max(load_seq), 0) from " ~ this).columns[0].values()[0] -%}
+    {%- set marks = run_query("select coalesce(max(load_seq), 0), max(build_xmin) from " ~ this).rows[0] -%}
+    {%- set watermark = marks[0] -%}
+    {%- set prev_xmin = marks[1] -%}
 {%- endif %}
 {#- Columns of the landed row every outcome carries: passed along through the matching, extraction,
     conversion and classification instead of joining them back on lake_key. -#}
@@ -44,10 +51,17 @@ candidate_keys as (
     -- new and changed landing rows
     select lake_key from staged_all where load_seq > {{ watermark }}
     union
-    -- rows of an older load_seq that became visible after the last run (late commits)
+    {% if prev_xmin is not none -%}
+    -- rows whose image was written by a transaction still open (or not yet begun) at the previous
+    -- build's snapshot: they may have committed after it, with any load_seq (commit order)
+    select s.lake_key from staged_all as s where s.landed_xid >= {{ paynorm_sql_string(prev_xmin) }}::xid8
+    {%- else -%}
+    -- no commit horizon recorded yet (a table built before build_xmin existed): rows of an older
+    -- load_seq that became visible after the last run
     select s.lake_key from staged_all as s
     where s.load_seq > {{ watermark }} - {{ var('late_arrival_lookback') }} and s.load_seq <= {{ watermark }}
       and not exists (select 1 from {{ this }} as t where t.lake_key = s.lake_key and t.load_seq = s.load_seq)
+    {%- endif %}
     union
     {{ paynorm_reprocess_keys(this, rules, ruleset_hash) }}
 
@@ -173,7 +187,10 @@ final as (
     select
         n.*,
         {{ paynorm_sql_string(ruleset_hash) }}::text as ruleset_hash,
-        now() as normalized_at
+        now() as normalized_at,
+        -- the commit horizon of this build: every landing image written by a transaction older than
+        -- it was visible to the build (the next build picks up what is at or above it)
+        pg_snapshot_xmin(pg_current_snapshot())::text::bigint as build_xmin
     from normalized as n
 
 )

@@ -12,6 +12,7 @@ renamed as (
         -- ids
         lake_key,
         load_seq,
+        landed_xid,
         shape_key,
 
         -- payload

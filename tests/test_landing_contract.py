@@ -1,0 +1,205 @@
+"""The landing contract at its edges: source precedence between CDC, poll and files, the handoff to
+dbt in commit order (a landing transaction that commits late, a writer that never stops), and one
+build per warehouse at a time. Real clusters, the real dbt project."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from consumer import landing, transform
+from consumer.landing import LandingBatch, LandingRow
+
+from .conftest import Env
+from .dbt_fixtures import land, landing_row, load_fixtures
+
+MARTS = f"{transform.DEFAULT_SCHEMA}_marts"
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def wh(env: Env) -> psycopg.Connection:
+    conn = env.wh_conn()
+    landing.init_warehouse(conn)
+    yield conn
+    conn.close()
+
+
+def _image(key: str, payload: dict[str, Any], *, lsn: str | None, deleted: bool = False,
+           op: str = "I") -> LandingRow:
+    text = json.dumps(payload)
+    return LandingRow(lake_key=key, columns={"id": json.dumps(key), "data": json.dumps(text)}, op=op, lsn=lsn,
+                      xid=None, committed_at=None, deleted=deleted, payload_raw=text, has_payload=True,
+                      payload_column="data")
+
+
+def _write(conn: psycopg.Connection, source: str, *rows: LandingRow) -> None:
+    batch = LandingBatch(source)
+    for r in rows:
+        batch.add(r)
+    with conn.transaction():
+        landing.write_batch(conn, batch)
+
+
+def _landed(conn: psycopg.Connection, key: str) -> tuple[Any, ...]:
+    return conn.execute("select deleted, source, payload->>'amount', lake_lsn::text from raw.lake_transactions"
+                        " where lake_key = %s", (key,)).fetchone()
+
+
+# -- source precedence ----------------------------------------------------------------------------
+
+
+def test_a_poll_image_never_revives_a_cdc_tombstone(wh: psycopg.Connection) -> None:
+    """poll read the row before the lake deleted it and commits after CDC landed the tombstone: the
+    poll image (no LSN, it cannot say it is newer) must not bring the row back."""
+    _write(wh, "cdc:paynorm", _image("k1", {"amount": "10.00"}, lsn="0/1000"))
+    _write(wh, "cdc:paynorm", _image("k1", {"amount": "10.00"}, lsn="0/2000", deleted=True, op="D"))
+    _write(wh, "poll", _image("k1", {"amount": "10.00"}, lsn=None, op="P"))
+    assert _landed(wh, "k1") == (True, "cdc:paynorm", "10.00", "0/2000")
+    # nor overwrite a live CDC image
+    _write(wh, "cdc:paynorm", _image("k2", {"amount": "5.00"}, lsn="0/3000"))
+    _write(wh, "poll", _image("k2", {"amount": "999999"}, lsn=None, op="P"))
+    assert _landed(wh, "k2") == (False, "cdc:paynorm", "5.00", "0/3000")
+    # a row only poll knows is still poll's to update
+    _write(wh, "poll", _image("k3", {"amount": "1.00"}, lsn=None, op="P"))
+    _write(wh, "poll", _image("k3", {"amount": "2.00"}, lsn=None, op="P"))
+    assert _landed(wh, "k3") == (False, "poll", "2.00", None)
+
+
+def test_a_file_record_never_takes_over_another_sources_row(wh: psycopg.Connection) -> None:
+    """A file record keyed like a lake row neither rewrites nor revives it, unless the files are
+    declared to be the lake's own export."""
+    _write(wh, "poll", _image("k1", {"amount": "10.00"}, lsn=None, op="P"))
+    _write(wh, "file:/exports/a.jsonl", _image("k1", {"amount": "999999"}, lsn=None, op="F"))
+    assert _landed(wh, "k1") == (False, "poll", "10.00", None)
+    _write(wh, "cdc:paynorm", _image("k2", {"amount": "3.00"}, lsn="0/10", deleted=True, op="D"))
+    _write(wh, "file:/exports/a.jsonl", _image("k2", {"amount": "3.00"}, lsn=None, op="F"))
+    assert _landed(wh, "k2") == (True, "cdc:paynorm", "3.00", "0/10")
+    # a file's own rows follow its versions
+    _write(wh, "file:/exports/a.jsonl", _image("f1", {"amount": "1.00"}, lsn=None, op="F"))
+    _write(wh, "file:/exports/a.jsonl", _image("f1", {"amount": "1.50"}, lsn=None, op="F"))
+    assert _landed(wh, "f1") == (False, "file:/exports/a.jsonl", "1.50", None)
+    # declared lake export: the file's image replaces a poll image
+    with wh.transaction():
+        batch = LandingBatch("file:/exports/a.jsonl")
+        batch.add(_image("k1", {"amount": "11.00"}, lsn=None, op="F"))
+        landing.write_batch(wh, batch, files_are_lake_export=True)
+    assert _landed(wh, "k1") == (False, "file:/exports/a.jsonl", "11.00", None)
+
+
+def test_every_write_stamps_the_writing_transaction(wh: psycopg.Connection) -> None:
+    """landed_xid is the commit-order handle of dbt: whoever writes a landing row (a source, a
+    hand-made fix) stamps it with the writing transaction."""
+    _write(wh, "poll", _image("k1", {"amount": "1.00"}, lsn=None, op="P"))
+    first = wh.execute("select landed_xid::text from raw.lake_transactions where lake_key = 'k1'").fetchone()[0]
+    with wh.transaction():
+        wh.execute("update raw.lake_transactions set payload = payload where lake_key = 'k1'")
+        xid = wh.execute("select pg_current_xact_id()::text").fetchone()[0]
+    now = wh.execute("select landed_xid::text from raw.lake_transactions where lake_key = 'k1'").fetchone()[0]
+    assert now == xid and int(now) > int(first)
+
+
+# -- the handoff to dbt, by commit order ------------------------------------------------------------
+
+
+def _fixture_rows(prefix: str, n: int) -> list[dict[str, Any]]:
+    fx = load_fixtures()["brief_payu_like__approved"]
+    return [landing_row(f"{prefix}-{i}", fx) for i in range(n)]
+
+
+def _placed(conn: psycopg.Connection) -> dict[str, int]:
+    out = {}
+    for rel in ("normalized_payment_events", "normalization_quarantine", "normalization_pending"):
+        out[rel] = conn.execute(f"select count(*) from {MARTS}.{rel}").fetchone()[0]  # noqa: S608 - fixed names
+    out["live"] = conn.execute("select count(*) from raw.lake_transactions where not deleted").fetchone()[0]
+    return out
+
+
+def _keys_placed(conn: psycopg.Connection) -> set[str]:
+    rows = conn.execute(
+        f"select lake_key from {MARTS}.normalized_payment_events union all "  # noqa: S608 - fixed names
+        f"select lake_key from {MARTS}.normalization_quarantine union all "
+        f"select lake_key from {MARTS}.normalization_pending").fetchall()
+    return {r[0] for r in rows}
+
+
+def test_a_landing_transaction_that_commits_late_is_normalized(env: Env, wh: psycopg.Connection,
+                                                               home: Path) -> None:
+    """A landing transaction that took its load_seq before others but commits after a build (a big
+    file loading while CDC lands and dbt runs) is normalized by the next build, however far behind
+    the load_seq watermark it is: the handoff follows commit order, not write order."""
+    late = psycopg.connect(env.wh_dsn)  # not autocommit: its transaction stays open
+    try:
+        late.execute("select 1")
+        land(late, _fixture_rows("late", 1))  # a savepoint inside the open transaction
+        land(wh, _fixture_rows("early", 5))
+        res = transform.transform(env.wh_dsn, home=home, vars={"late_arrival_lookback": 1})
+        assert res.success, res.summary()
+        late.commit()
+    finally:
+        late.close()
+    res = transform.transform(env.wh_dsn, home=home, vars={"late_arrival_lookback": 1})
+    assert res.success, res.summary()
+    assert "late-0" in _keys_placed(wh)
+    counts = _placed(wh)
+    assert counts["live"] == 6 == counts["normalized_payment_events"] + counts["normalization_quarantine"] \
+        + counts["normalization_pending"]
+
+
+def test_builds_under_a_writer_that_never_stops_pass_their_conservation_test(env: Env, wh: psycopg.Connection,
+                                                                             home: Path) -> None:
+    """A continuous `run` lands while dbt builds: the conservation test checks what the build saw,
+    and once the writer stops one more build places every row exactly once."""
+    land(wh, _fixture_rows("seed", 20))
+    stop = threading.Event()
+    written: list[int] = []
+
+    def writer() -> None:
+        with psycopg.connect(env.wh_dsn, autocommit=True) as conn:
+            i = 0
+            while not stop.is_set():
+                land(conn, _fixture_rows(f"w{i}", 3))
+                i += 1
+                time.sleep(0.02)
+            written.append(i)
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    try:
+        for _ in range(2):
+            res = transform.transform(env.wh_dsn, home=home)
+            assert res.success, res.summary()
+    finally:
+        stop.set()
+        t.join(timeout=30)
+    assert written and written[0] > 10  # the writer really ran across the builds
+    res = transform.transform(env.wh_dsn, home=home)
+    assert res.success, res.summary()
+    counts = _placed(wh)
+    assert counts["live"] == 20 + 3 * written[0]
+    assert counts["live"] == counts["normalized_payment_events"] + counts["normalization_quarantine"] \
+        + counts["normalization_pending"]
+
+
+def test_two_transforms_at_once_both_succeed(env: Env, wh: psycopg.Connection, home: Path) -> None:
+    """Two `paynorm transform` on one warehouse and one home: the second waits for the first
+    (advisory lock on the warehouse, a lock on the home's dbt directory), neither fails."""
+    land(wh, _fixture_rows("t", 10))
+    procs = [env.spawn("transform", PAYNORM_HOME=str(home)) for _ in range(2)]
+    outs = []
+    for p in procs:
+        out, _ = p.communicate(timeout=600)
+        outs.append(out.decode(errors="replace"))
+    assert [p.returncode for p in procs] == [0, 0], "\n---\n".join(o[-3000:] for o in outs)
+    assert any("waiting for it to finish" in o for o in outs)
+    assert len(_keys_placed(wh)) == 10
