@@ -100,8 +100,11 @@ def test_a_file_record_never_takes_over_another_sources_row(wh: psycopg.Connecti
 def test_every_write_stamps_the_writing_transaction(wh: psycopg.Connection) -> None:
     """landed_xid is the commit-order handle of dbt: whoever writes a landing row (a source, a
     hand-made fix) stamps it with the writing transaction."""
-    _write(wh, "poll", _image("k1", {"amount": "1.00"}, lsn=None, op="P"))
+    with wh.transaction():
+        _write(wh, "poll", _image("k1", {"amount": "1.00"}, lsn=None, op="P"))
+        inserting = wh.execute("select pg_current_xact_id()::text").fetchone()[0]
     first = wh.execute("select landed_xid::text from raw.lake_transactions where lake_key = 'k1'").fetchone()[0]
+    assert first == inserting
     with wh.transaction():
         wh.execute("update raw.lake_transactions set payload = payload where lake_key = 'k1'")
         xid = wh.execute("select pg_current_xact_id()::text").fetchone()[0]
