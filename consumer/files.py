@@ -6,31 +6,45 @@ so normalization, the LLM step and the marts work unchanged.
 * Discovery: a local folder (recursive; hidden files skipped) or ``s3://bucket/prefix`` (boto3, the
   optional extra ``paynorm[s3]``; endpoint, region and credentials from the standard AWS variables,
   plus ``endpoint_url`` for MinIO and other S3-compatible stores). Keys are listed in lexicographic
-  order, filtered by an extra prefix and an fnmatch pattern on the path relative to the root.
+  order, filtered by an extra prefix and an fnmatch pattern on the path relative to the root. JSON,
+  JSON Lines and CSV may be gzip-compressed (``x.jsonl.gz``): decompressed while streaming, the size
+  limit applying to the compressed and to the decompressed bytes.
+* Symbolic links are never followed, so nothing outside the folder is ever read: a link (to a file
+  or a folder) whose target is outside the folder fails with its reason in ``processed_files``; a link
+  inside the folder is skipped (its target is loaded under its own path, once). Files are opened
+  component by component without following any link, so a path swapped for a link after the
+  listing is refused too.
 * Bookkeeping: ``paynorm.processed_files``, one row per file key (``s3://bucket/key`` or the absolute
   local path). A file is loaded at most once per content version: unchanged files (same size and
   ETag on S3; same size and mtime locally, confirmed by sha256 when the mtime is "racy") are skipped
   without being read. The same key with new content is loaded again: its records replace the older
-  ones and the records of the old version that vanished are tombstoned.
+  ones and the records of the old version that vanished are tombstoned (only rows that file owns).
+  A failed file stays a failure of every pass (exit 1) until it changes, is fixed or removed.
 * Atomicity: a file's records and its ``completed`` tracking row commit in ONE warehouse
   transaction. Records are streamed into a temp table in chunks (memory stays flat), then one
   set-based upsert (the landing's own) runs and the transaction commits once; a crash mid-file
   leaves nothing half-loaded (the tracking row stays ``processing`` and the file is loaded again).
 * Records: each record becomes one landed row, ``op = 'F'``, ``source = 'file:<key>'``, lake key
   ``<key>#<record index>`` (0-based) unless the record is a lake envelope carrying an ``id`` (then
-  that id, so a record seen both in the CDC lake and in a file is one row). Envelopes
-  (``id/data/merchant/transactional_id``, the lake's columns) are kept as the row image; a bare
-  provider payload becomes the ``data`` of an envelope with null ``id``, ``merchant`` and
+  that id, so a record seen both in the CDC lake and in a file is one row; the landing's source
+  precedence keeps the row another source owns, unless the files are declared the lake's own export).
+  Envelopes (``id/data/merchant/transactional_id``, the lake's columns) are kept as the row image; a
+  bare provider payload becomes the ``data`` of an envelope with null ``id``, ``merchant`` and
   ``transactional_id``. Bad single records (a JSONL line that is not JSON, a payload that does not
   decode) land with their decode error; bad files (not UTF-8, truncated JSON, ragged CSV, not
-  Parquet, empty, too large) fail with a clear error in ``processed_files`` and the log, and the
-  other files go on.
+  Parquet, not gzip, empty, too large) fail with a clear error in ``processed_files`` and the log, and
+  the other files go on.
+* Connection problems (warehouse, S3) go through the one retry policy (consumer/retry.py): a
+  permanent one (bad DSN, authentication, privilege, no such bucket) fails at once with exit 4, a
+  transient one is retried with back-off until the deadline (``retry_for``), then exit 1.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import fnmatch
+import gzip
 import hashlib
 import io
 import itertools
@@ -38,10 +52,12 @@ import json
 import logging
 import os
 import re
+import stat
 import sys
 import tempfile
 import threading
 import time
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, time as dtime, timedelta, timezone
@@ -51,26 +67,32 @@ from typing import Any, BinaryIO, Callable, Iterator, TextIO
 
 import psycopg
 
-from . import metrics
+from . import landing, metrics
 from .cdc import crashpoint
+from .errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, PaynormError, TransientError, require_dsn
 from .jsonutil import dumps_exact
 from .landing import (  # the landing's own staging table and upsert: files land exactly like CDC rows
     PAYLOAD_COLUMN_CANDIDATES,
     STAGED_COLUMNS,
     STAGING_DDL,
     UPSERT_FROM_STAGING,
+    UPSERT_FROM_STAGING_AS_LAKE_EXPORT,
     LandingBatch,
     LandingRow,
     init_warehouse,
     staged_records,
 )
-from .settings import Settings, redact_dsn
+from .secrets import redact_dsn
+from .settings import Settings
+from .sources import run_source
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("json", "jsonl", "csv", "parquet")
 EXTENSIONS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet",
               ".pq": "parquet"}
+#: Compressed files: the compression's extension follows the format's (``x.jsonl.gz``).
+COMPRESSIONS = {".gz": "gzip"}
 
 #: The lake's columns: a record whose keys are all among them (with a payload column and at least one
 #: other column besides ``id``) is a lake envelope and kept as the row image.
@@ -79,11 +101,14 @@ LAKE_COLUMNS = frozenset({"id", "data", "transaction_data", "payload", "merchant
 #: Envelope columns that hold JSON; in CSV and Parquet they usually arrive as JSON text, parsed here.
 _JSON_COLUMNS = frozenset({"data", "transaction_data", "payload", "merchant"})
 
-EXIT_OK = 0
-EXIT_FAILED = 1  # some file failed in this run (or the store could not be listed)
-EXIT_CONFIG = 4
+# Exit codes (consumer/errors.py): EXIT_OK; EXIT_FAILED when a file failed or stays failed, or the store
+# or the warehouse stayed unreachable past the retry deadline; EXIT_CONFIG for a permanent problem.
 
 _READ_CHUNK = 1 << 20
+#: The longest single record (a JSON Lines or CSV line, an element of a JSON array, a single JSON
+#: value) held in memory: a longer one fails the file instead of growing without bound (a gzip bomb
+#: holding one endless line). PostgreSQL's jsonb could not hold much more anyway.
+MAX_RECORD_CHARS = 32 << 20
 _RACY_SECONDS = 2.0  # a local mtime this close to the last read may hide a same-size rewrite: hash it
 _UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 _SURROGATES = re.compile("[\ud800-\udfff]")
@@ -96,6 +121,10 @@ _MAX_NESTING = 400
 
 # Failures worth retrying while the file is unchanged (the others wait for a new version of the file).
 _RETRYABLE = frozenset({"io", "missing_dependency"})
+# S3 error codes that retrying cannot fix: the bucket, the credentials or the permissions are wrong.
+_S3_PERMANENT = frozenset({"AccessDenied", "AllAccessDisabled", "NoSuchBucket", "InvalidBucketName",
+                           "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
+                           "AuthorizationHeaderMalformed", "AccountProblem", "InvalidObjectState"})
 
 
 class FileError(Exception):
@@ -107,12 +136,16 @@ class FileError(Exception):
         self.message = message
 
 
-class ConfigError(RuntimeError):
-    """A configuration problem the operator must fix (bad URI, missing optional dependency)."""
-
-
 class StoreError(RuntimeError):
-    """The store could not be listed (S3 unreachable, no permission, missing folder)."""
+    """The store could not be listed (S3 unreachable, no permission, missing folder). ``permanent``:
+    retrying cannot help (no such bucket, access denied); else it is retried to the deadline."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+    def classified(self) -> PaynormError:
+        return ConfigError(str(self)) if self.permanent else TransientError(str(self))
 
 
 # -- the stores -----------------------------------------------------------------------------------
@@ -125,33 +158,42 @@ class FileRef:
     key: str  # s3://bucket/key, or the absolute local path
     size: int
     mtime: datetime
-    fmt: str
+    fmt: str | None  # None only for a refused link to a folder
     etag: str | None = None  # S3 only, quotes stripped
     location: str = ""  # the S3 object key, or the local path
+    compression: str | None = None  # gzip, or None
+    refused: str | None = None  # a local symbolic link that is not followed: why (the file fails with it)
 
 
-def _resolve_format(name: str, fmt: str) -> str | None:
+def _resolve_format(name: str, fmt: str) -> tuple[str | None, str | None]:
+    """(format, compression) of a file called ``name``; format None when it is not to be loaded."""
+    stem, ext = os.path.splitext(name)
+    compression = COMPRESSIONS.get(ext.lower())
+    if compression is not None:
+        name = stem
     if fmt != "auto":
-        return fmt
-    return EXTENSIONS.get(os.path.splitext(name)[1].lower())
+        return fmt, compression
+    return EXTENSIONS.get(os.path.splitext(name)[1].lower()), compression
 
 
 class _Store:
     kind = ""
     label = ""
+    links_skipped = 0  # symbolic links inside a local folder, not followed, in the last listing
 
     def __init__(self, prefix: str, pattern: str, fmt: str) -> None:
         self.prefix = prefix
         self.pattern = pattern
         self.fmt = fmt
 
-    def _wanted(self, rel: str) -> str | None:
-        """The format of a file at ``rel`` (relative to the root) when it is to be loaded, else None."""
+    def _wanted(self, rel: str) -> tuple[str, str | None] | None:
+        """(format, compression) of a file at ``rel`` (relative to the root) when it is to be loaded."""
         if self.prefix and not rel.startswith(self.prefix):
             return None
         if self.pattern and not fnmatch.fnmatchcase(rel, self.pattern):
             return None
-        return _resolve_format(rel, self.fmt)
+        fmt, compression = _resolve_format(rel, self.fmt)
+        return None if fmt is None else (fmt, compression)
 
     def pages(self, size: int = 1000) -> Iterator[list[FileRef]]:
         raise NotImplementedError
@@ -165,62 +207,159 @@ class _Store:
         pass
 
 
+def _mtime(st: os.stat_result) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=st.st_mtime_ns // 1000)
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: a FIFO named like a data file must not block the loader (it is refused after fstat).
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
 class LocalStore(_Store):
+    """A folder (or one file). Symbolic links are never followed: see the module docstring."""
+
     kind = "local"
 
     def __init__(self, root: str, prefix: str = "", pattern: str = "", fmt: str = "auto") -> None:
         super().__init__(prefix, pattern, fmt)
-        self.root = Path(root).expanduser().resolve()
+        self.root = Path(root).expanduser().resolve()  # the root itself is the operator's choice: resolved
         self.label = str(self.root)
         if not self.root.exists():
-            raise StoreError(f"{self.root}: no such file or folder")
+            raise StoreError(f"{self.root}: no such file or folder", permanent=True)
+        self.single = not self.root.is_dir()
+        self.base = self.root.parent if self.single else self.root
 
-    def _walk(self) -> Iterator[Path]:
-        if self.root.is_file():
-            yield self.root
+    def _inside(self, path: Path) -> bool:
+        return path == self.root or self.root in path.parents
+
+    def _walk_error(self, e: OSError) -> None:
+        if e.filename is not None and Path(e.filename) == self.root:
+            raise StoreError(f"cannot list {self.root}: {e.strerror}",
+                             permanent=isinstance(e, PermissionError)) from e
+        log.warning("cannot list %s: %s; its files are not loaded in this pass", e.filename, e.strerror)
+
+    def _walk(self) -> Iterator[tuple[str, os.stat_result, bool]]:
+        """(path relative to the root, lstat, is a link to a folder) of every candidate, in order."""
+        if self.single:
+            yield self.root.name, self.root.lstat(), False
             return
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(filenames):
-                if not name.startswith("."):
-                    yield Path(dirpath) / name
+        for dirpath, dirnames, filenames in os.walk(self.root, onerror=self._walk_error):
+            here = Path(dirpath)
+            rel_dir = here.relative_to(self.root).as_posix()
+            prefix = "" if rel_dir == "." else rel_dir + "/"
+            entries: list[tuple[str, bool]] = []
+            keep = []
+            for d in sorted(dirnames):
+                if d.startswith("."):
+                    continue
+                if (here / d).is_symlink():  # os.walk would not descend, but it must be said
+                    entries.append((d, True))
+                else:
+                    keep.append(d)
+            dirnames[:] = keep
+            entries += [(f, False) for f in filenames if not f.startswith(".")]
+            for name, is_dir_link in sorted(entries):
+                try:
+                    st = (here / name).lstat()
+                except OSError:  # vanished between the walk and the stat
+                    continue
+                if stat.S_ISLNK(st.st_mode) or stat.S_ISREG(st.st_mode):
+                    yield prefix + name, st, is_dir_link
+                else:
+                    log.debug("%s: not a regular file, skipped", here / name)
+
+    def _link_refusal(self, path: Path, to_folder: bool) -> tuple[str | None, bool]:
+        """(reason the link at ``path`` fails the file, or None; True when it is skipped instead)."""
+        target = Path(os.path.realpath(path))  # never raises: a loop or a dangling link resolves somewhere
+        what = "a folder" if to_folder else "a file"
+        if self._inside(target):
+            log.debug("%s: symbolic link to %s inside the folder, not followed (loaded under its own path)",
+                      path, target)
+            return None, True
+        return (f"symbolic link to {what} outside {self.root} ({target}): not followed, never read; "
+                f"copy the file into the folder instead"), False
 
     def pages(self, size: int = 1000) -> Iterator[list[FileRef]]:
         page: list[FileRef] = []
-        for path in self._walk():
-            rel = path.name if self.root.is_file() else path.relative_to(self.root).as_posix()
-            fmt = self._wanted(rel)
-            if fmt is None:
+        self.links_skipped = 0
+        for rel, st, is_dir_link in self._walk():
+            path = self.base / rel
+            if is_dir_link:  # only the prefix filter applies: the files under it are never seen
+                wanted: tuple[str | None, str | None] | None = (
+                    (None, None) if not self.prefix or (rel + "/").startswith(self.prefix)
+                    or self.prefix.startswith(rel + "/") else None)
+            else:
+                wanted = self._wanted(rel)
+            if wanted is None:
                 continue
-            try:
-                st = path.stat()
-            except OSError:  # vanished between the walk and the stat
-                continue
-            mtime = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=st.st_mtime_ns // 1000)
-            page.append(FileRef(str(path), st.st_size, mtime, fmt, None, str(path)))
+            refused = None
+            if stat.S_ISLNK(st.st_mode):
+                refused, skipped = self._link_refusal(path, is_dir_link)
+                if skipped:
+                    self.links_skipped += 1
+                    continue
+            page.append(FileRef(str(path), st.st_size, _mtime(st), wanted[0], None, str(path), wanted[1], refused))
             if len(page) >= size:
                 yield page
                 page = []
         if page:
             yield page
 
+    def _open_fd(self, ref: FileRef) -> int:
+        """A descriptor of ``ref``'s file, opened from the root one component at a time, following no
+        symbolic link anywhere (a folder or the file swapped for a link after the listing is refused)."""
+        parts = Path(ref.location).relative_to(self.base).parts
+        try:
+            fd = os.open(self.base, _DIR_FLAGS)
+        except OSError as e:
+            raise FileError("io", f"cannot open {self.base}: {e.strerror}") from e
+        try:
+            for i, part in enumerate(parts):
+                last = i == len(parts) - 1
+                try:
+                    nfd = os.open(part, _FILE_FLAGS if last else _DIR_FLAGS, dir_fd=fd)
+                except OSError as e:
+                    if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+                        try:
+                            is_link = stat.S_ISLNK(os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode)
+                        except OSError:
+                            is_link = False
+                        if is_link:
+                            where = "/".join(parts[:i + 1])
+                            raise FileError("symlink", f"{where} became a symbolic link after the listing: "
+                                                       f"not followed, never read") from e
+                    if e.errno == errno.ENOENT:
+                        raise _Vanished(f"{ref.key} disappeared since it was listed") from e
+                    raise FileError("io", f"cannot open: {e.strerror}") from e
+                os.close(fd)
+                fd = nfd
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise FileError("not_regular", "not a regular file (a FIFO, a socket or a device): not read")
+            os.set_blocking(fd, True)
+            result, fd = fd, -1
+            return result
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
     @contextmanager
     def open(self, ref: FileRef) -> Iterator[BinaryIO]:
-        try:
-            f = open(ref.location, "rb")
-        except OSError as e:
-            raise FileError("io", f"cannot open: {e}") from e
+        f = os.fdopen(self._open_fd(ref), "rb")
         with f:
             yield f
 
     @contextmanager
-    def seekable(self, ref: FileRef, meter_factory: Callable[[BinaryIO], _Meter]) -> Iterator[str]:
-        """A path pyarrow can seek in; the content is hashed (one sequential read) first."""
+    def seekable(self, ref: FileRef, meter_factory: Callable[[BinaryIO], _Meter]) -> Iterator[BinaryIO]:
+        """The file, for pyarrow to seek in; the content is hashed (one sequential read) first. pyarrow
+        gets the descriptor opened here, never the path (which it would open following links)."""
         with self.open(ref) as f:
             meter = meter_factory(f)
             while meter.read(_READ_CHUNK):
                 pass
-        yield ref.location
+            f.seek(0)
+            yield f
 
 
 def s3_client(endpoint_url: str | None = None) -> Any:
@@ -272,18 +411,28 @@ class S3Store(_Store):
                     rel = key[len(base):].lstrip("/") if base else key
                     if any(part.startswith(".") for part in rel.split("/")):
                         continue
-                    fmt = self._wanted(rel)
-                    if fmt is None:
+                    wanted = self._wanted(rel)
+                    if wanted is None:
                         continue
                     mtime = obj["LastModified"]
                     if mtime.tzinfo is None:
                         mtime = mtime.replace(tzinfo=timezone.utc)
-                    page.append(FileRef(f"s3://{self.bucket}/{key}", int(obj["Size"]), mtime, fmt,
-                                        obj.get("ETag", "").strip('"') or None, key))
+                    page.append(FileRef(f"s3://{self.bucket}/{key}", int(obj["Size"]), mtime, wanted[0],
+                                        obj.get("ETag", "").strip('"') or None, key, wanted[1]))
                 if page:
                     yield page
-        except (BotoCoreError, ClientError) as e:
-            raise StoreError(f"cannot list {self.label}: {e}") from e
+        except ClientError as e:
+            err = e.response.get("Error", {})
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            permanent = err.get("Code", "") in _S3_PERMANENT or status in (401, 403, 404)
+            raise StoreError(f"cannot list {self.label}: {e}", permanent=permanent) from e
+        except BotoCoreError as e:
+            from botocore.exceptions import NoCredentialsError, NoRegionError, ParamValidationError, \
+                PartialCredentialsError
+
+            permanent = isinstance(e, (NoCredentialsError, PartialCredentialsError, NoRegionError,
+                                       ParamValidationError))
+            raise StoreError(f"cannot list {self.label}: {e}", permanent=permanent) from e
 
     @contextmanager
     def open(self, ref: FileRef) -> Iterator[BinaryIO]:
@@ -405,17 +554,73 @@ class _Meter(io.RawIOBase):
             self.progress.bytes(self.bytes)
 
 
-def _text(meter: _Meter, newline: str | None = None) -> TextIO:
-    buffered = io.BufferedReader(meter, _READ_CHUNK)  # type: ignore[arg-type]
+class _Gunzip(io.RawIOBase):
+    """The decompressed bytes of a gzip stream (concatenated members included), read as they are
+    needed: memory holds one chunk whatever the ratio, and the size limit applies to the
+    decompressed bytes too, so a gzip bomb fails with a reason instead of filling memory or disk."""
+
+    def __init__(self, compressed: _Meter, limit: int) -> None:
+        self.gz = gzip.GzipFile(fileobj=compressed, mode="rb")  # type: ignore[arg-type]
+        self.compressed = compressed
+        self.limit = limit
+        self.bytes = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        try:
+            data = self.gz.read(len(b))
+        except EOFError as e:
+            raise FileError("bad_gzip", f"truncated gzip file: {e} (after {self.compressed.bytes:,} compressed "
+                                        f"bytes)") from e
+        except (gzip.BadGzipFile, zlib.error) as e:
+            raise FileError("bad_gzip", f"not a valid gzip file: {e}") from e
+        n = len(data)
+        self.bytes += n
+        if self.bytes > self.limit:
+            raise FileError("too_large_decompressed",
+                            f"gzip content passed the size limit of {_human(self.limit)} once decompressed "
+                            f"(PAYNORM_FILES_MAX_BYTES), after {self.compressed.bytes:,} compressed bytes: not "
+                            f"loaded (split the file or raise the limit; a new version of the file is tried again)")
+        b[:n] = data
+        return n
+
+
+def _text(raw: io.RawIOBase, newline: str | None = None) -> TextIO:
+    buffered = io.BufferedReader(raw, _READ_CHUNK)
     return io.TextIOWrapper(buffered, encoding="utf-8-sig", errors="strict", newline=newline)
 
 
 _Record = tuple[Any, str | None]  # (the parsed record, or its raw text; the record's own error)
 
 
-def _iter_jsonl(text: TextIO) -> Iterator[_Record]:
+def _too_long(what: str) -> FileError:
+    return FileError("record_too_large", f"{what} is longer than {MAX_RECORD_CHARS:,} characters: not loaded "
+                                         f"(a single record that large is not a payment record)")
+
+
+def _lines(text: TextIO, head: str = "") -> Iterator[str]:
+    """The lines of ``head`` then ``text``, each at most MAX_RECORD_CHARS long: a longer line fails
+    the file instead of growing in memory (a line that never ends, in a gzip bomb)."""
+    pending = ""
+    lineno = 0
+    for src in ((io.StringIO(head, newline=""), text) if head else (text,)):
+        while line := src.readline(MAX_RECORD_CHARS + 1 - len(pending)):
+            pending = pending + line if pending else line
+            if pending[-1] in "\r\n":
+                lineno += 1
+                yield pending
+                pending = ""
+            elif len(pending) > MAX_RECORD_CHARS:
+                raise _too_long(f"line {lineno + 1}")
+    if pending:
+        yield pending
+
+
+def _iter_jsonl(text: TextIO, head: str = "") -> Iterator[_Record]:
     seen = False
-    for lineno, line in enumerate(text, 1):
+    for lineno, line in enumerate(_lines(text, head), 1):
         s = line.strip(" \t\r\n")
         if not s:
             continue
@@ -521,8 +726,10 @@ class _JsonArray:
                 raise FileError("bad_json", f"record {index} is nested too deeply {self._where()}") from e
             except ValueError as e:  # e.g. an integer with more digits than Python converts
                 raise FileError("bad_json", f"record {index}: {str(e)[:160]} {self._where()}") from e
+            if len(self.buf) - self.pos > MAX_RECORD_CHARS:
+                raise _too_long(f"record {index} ({self._where()})")
             self._fill(size)
-            size = min(size * 2, 64 << 20)
+            size = min(size * 2, 16 << 20)
 
     def _end(self) -> None:
         if self._peek() != "":
@@ -530,9 +737,17 @@ class _JsonArray:
 
     def _single(self) -> Iterator[_Record]:
         parts = [self.buf[self.pos:]]
-        while part := self.text.read(_READ_CHUNK):
+        size = len(parts[0])
+        while size <= MAX_RECORD_CHARS and (part := self.text.read(_READ_CHUNK)):
             parts.append(part)
+            size += len(part)
         rest = "".join(parts)
+        if size > MAX_RECORD_CHARS:
+            if not self.as_lines_fallback:
+                raise _too_long("the file's single JSON value")
+            log.info("file holds more than one large JSON value: reading it as JSON Lines")
+            yield from _iter_jsonl(self.text, head=rest)  # streamed on from where it stopped
+            return
         try:
             yield json.loads(rest, parse_float=Decimal), None
             return
@@ -550,14 +765,15 @@ class _JsonArray:
 
 
 def _iter_csv(text: TextIO) -> Iterator[_Record]:
-    first = text.readline()
+    lines = _lines(text)
+    first = next(lines, "")
     while first and not first.strip():
-        first = text.readline()
+        first = next(lines, "")
     if not first:
         raise FileError("empty", "empty CSV file: no header line")
     counts = {d: first.count(d) for d in (",", ";", "\t", "|")}
     delimiter = max(counts, key=lambda d: counts[d]) if any(counts.values()) else ","
-    reader = csv.reader(itertools.chain([first], text), delimiter=delimiter)
+    reader = csv.reader(itertools.chain([first], lines), delimiter=delimiter)
     try:
         header = next(reader)
     except csv.Error as e:
@@ -590,7 +806,7 @@ def _have_pyarrow() -> bool:
     return True
 
 
-def _iter_parquet(path: str, batch_rows: int, progress: _Progress | None) -> Iterator[_Record]:
+def _iter_parquet(path: str | BinaryIO, batch_rows: int, progress: _Progress | None) -> Iterator[_Record]:
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -751,7 +967,11 @@ _STAGE_COPY = f"copy _paynorm_file_stage (ord, {_STAGE_COLUMNS}) from stdin"
 # A key repeated in a file (an envelope id seen twice) keeps its last record, as a re-read would.
 _STAGE_TO_LANDING = (f"insert into _paynorm_landing ({_STAGE_COLUMNS}) select distinct on (lake_key) {_STAGE_COLUMNS}"
                      f" from _paynorm_file_stage order by lake_key, ord desc")
-# Records of an older version of the file that the new version no longer has.
+# Records of an older version of the file that the new version no longer has: only rows this very
+# file owns (source = 'file:<key>'), never a row another source (CDC, poll, another file) landed. The
+# owner is checked on the row being updated too, not only in the set difference: when a concurrent
+# writer (the CDC consumer) takes the row over first, the update re-checks its latest version and
+# leaves it alone.
 _TOMBSTONE_VANISHED = """
 update raw.lake_transactions t set deleted = true, op = 'F', loaded_at = clock_timestamp(),
        load_seq = nextval('raw.load_seq')
@@ -759,8 +979,46 @@ from (select lake_key from raw.lake_transactions
       where source = %(source)s and source like 'file:%%' and not deleted
       except
       select lake_key from _paynorm_landing) gone
-where t.lake_key = gone.lake_key
+where t.lake_key = gone.lake_key and t.source = %(source)s and not t.deleted
 """
+
+#: Staged records whose id is a row another source owns: precedence keeps that row (logged, not silent).
+_OWNED_ELSEWHERE = """
+select count(*) from _paynorm_landing s join raw.lake_transactions t on t.lake_key = s.lake_key
+where t.source <> %(source)s
+"""
+
+
+@dataclass
+class _FileVersion:
+    """A file's checkpoint: the version just loaded, marked completed in its landing commit."""
+
+    key: str
+    fmt: str | None
+    started: datetime
+    sha: str | None = None
+    records: int = 0
+    landed: int = 0
+    bad: int = 0
+    gone: int = 0
+    skipped: bool = False  # another loader committed this very version first
+
+    def save(self, conn: psycopg.Connection, rows: int) -> None:
+        if self.skipped:
+            return
+        finished = _now()
+        conn.execute(
+            """
+            update paynorm.processed_files set status = 'completed', sha256 = %(sha)s, format = %(fmt)s,
+                records = %(records)s, rows_landed = %(landed)s, bad_records = %(bad)s, tombstoned = %(gone)s,
+                error = null, error_code = null, started_at = %(started)s, finished_at = %(finished)s,
+                duration_ms = %(ms)s, updated_at = now()
+            where key = %(key)s
+            """,
+            {"sha": self.sha, "fmt": self.fmt, "records": self.records, "landed": rows, "bad": self.bad,
+             "gone": self.gone, "key": self.key, "started": self.started, "finished": finished,
+             "ms": int((finished - self.started).total_seconds() * 1000)})
+        crashpoint("file_before_commit")
 
 
 @dataclass
@@ -774,11 +1032,12 @@ class Known:
     sha256: str | None
     error_code: str | None
     started_at: datetime | None
+    error: str | None = None
 
 
 def _known(conn: psycopg.Connection, keys: list[str]) -> dict[str, Known]:
     rows = conn.execute(
-        "select key, status, size, etag, mtime, sha256, error_code, started_at from paynorm.processed_files"
+        "select key, status, size, etag, mtime, sha256, error_code, started_at, error from paynorm.processed_files"
         " where key = any(%s)", (keys,)).fetchall()
     return {r[0]: Known(*r[1:]) for r in rows}
 
@@ -864,25 +1123,34 @@ class _Progress:
 class LoadStats:
     files_seen: int = 0
     loaded: int = 0
-    skipped: int = 0  # unchanged (or failed and unchanged)
-    failed: int = 0
+    skipped: int = 0  # unchanged and loaded
+    failed: int = 0  # failed in this pass
+    still_failed: int = 0  # failed in an earlier pass and unchanged since: still a failure of this pass
+    links_skipped: int = 0  # symbolic links inside the folder, not followed (their targets load on their own)
     records: int = 0
     rows_landed: int = 0
     bad_records: int = 0
     tombstoned: int = 0
     bytes_read: int = 0
-    failures: list[tuple[str, str]] = field(default_factory=list)  # (key, error) of this run
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (key, error) of every failed file
 
     def add(self, other: LoadStats) -> None:
-        for name in ("files_seen", "loaded", "skipped", "failed", "records", "rows_landed", "bad_records",
-                     "tombstoned", "bytes_read"):
+        for name in ("files_seen", "loaded", "skipped", "failed", "still_failed", "links_skipped", "records",
+                     "rows_landed", "bad_records", "tombstoned", "bytes_read"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.failures += other.failures
 
+    @property
+    def failing(self) -> int:
+        """Files that are failures of this pass: failed now, or failed before and not changed since."""
+        return self.failed + self.still_failed
+
     def summary(self) -> str:
+        still = f", {self.still_failed} still failed (unchanged since an earlier pass)" if self.still_failed else ""
+        links = f", {self.links_skipped} symbolic link(s) inside the folder not followed" if self.links_skipped else ""
         return (f"{self.files_seen} file(s) seen: {self.loaded} loaded ({self.records:,} records, "
                 f"{self.bad_records:,} with decode errors, {self.tombstoned:,} tombstoned), "
-                f"{self.skipped} unchanged, {self.failed} failed")
+                f"{self.skipped} unchanged, {self.failed} failed{still}{links}")
 
 
 @dataclass
@@ -896,7 +1164,8 @@ class FileLoader:
     """Loads the files of one store into the warehouse, one transaction per file."""
 
     def __init__(self, conn: psycopg.Connection, store: _Store, *, max_bytes: int, chunk: int,
-                 max_payload_bytes: int, payload_column: str = "", stop: threading.Event | None = None) -> None:
+                 max_payload_bytes: int, payload_column: str = "", stop: threading.Event | None = None,
+                 files_are_lake_export: bool = False) -> None:
         self.conn = conn
         self.store = store
         self.max_bytes = max_bytes
@@ -904,6 +1173,9 @@ class FileLoader:
         self.max_payload_bytes = max_payload_bytes
         self.payload_column = payload_column
         self.stop = stop or threading.Event()
+        # The files are the lake's own export: their records may take over rows other sources landed
+        # (the landing's source precedence); otherwise a file never touches a row it does not own.
+        self.upsert = UPSERT_FROM_STAGING_AS_LAKE_EXPORT if files_are_lake_export else UPSERT_FROM_STAGING
 
     # one pass over the store
     def run_pass(self) -> LoadStats:
@@ -915,11 +1187,31 @@ class FileLoader:
                     return stats
                 stats.files_seen += 1
                 self._one(ref, known.get(ref.key), stats)
+        stats.links_skipped = self.store.links_skipped
         return stats
 
+    def _still_failed(self, ref: FileRef, k: Known, stats: LoadStats) -> None:
+        """A file that failed before and has not changed: not read again, but a failure of this pass."""
+        stats.still_failed += 1
+        stats.failures.append((ref.key, f"{k.error or k.error_code} (unchanged since it failed)"))
+
     def _one(self, ref: FileRef, k: Known | None, stats: LoadStats) -> None:
+        if ref.refused is not None:  # a symbolic link out of the folder: never opened, never hashed
+            if k is not None and k.status == "failed" and k.error_code == "symlink" and _same_listing(ref, k):
+                self._still_failed(ref, k, stats)
+            else:
+                self._fail(ref, FileError("symlink", ref.refused), None, stats)
+            return
         if k is not None and self._unchanged(ref, k, stats):
-            stats.skipped += 1
+            if k.status == "failed":
+                self._still_failed(ref, k, stats)
+            else:
+                stats.skipped += 1
+            return
+        if ref.compression is not None and ref.fmt == "parquet":
+            self._fail(ref, FileError("unsupported", f"{ref.compression}-compressed Parquet is not supported "
+                                                     f"(Parquet compresses its own pages): store it uncompressed"),
+                       None, stats)
             return
         if ref.size > self.max_bytes:
             self._fail(ref, FileError("too_large", f"file is {_human(ref.size)}, larger than the limit of "
@@ -940,8 +1232,10 @@ class FileLoader:
         error: FileError | None = None
         outcome = None
         try:
-            with self.conn.transaction():
-                outcome = self._load(ref, progress, meters, started_at, had_version=k is not None)
+            version = _FileVersion(ref.key, ref.fmt, started_at)
+            landing.commit(self.conn, lambda conn: self._load(ref, progress, meters, version,
+                                                              had_version=k is not None), version)
+            outcome = None if version.skipped else (version.records, version.landed, version.bad, version.gone)
         except _Vanished as e:
             log.info("%s; skipped in this pass", e)
             self._unmark(ref)
@@ -1001,11 +1295,11 @@ class FileLoader:
         """Local files only: hash the content; same content → just remember the new mtime."""
         sha = hashlib.sha256()
         try:
-            with open(ref.location, "rb") as f:
+            with self.store.open(ref) as f:  # never through a symbolic link
                 while chunk := f.read(_READ_CHUNK):
                     sha.update(chunk)
                     stats.bytes_read += len(chunk)
-        except OSError:
+        except (OSError, FileError, _Vanished):
             return False
         if sha.hexdigest() != k.sha256:
             return False
@@ -1066,29 +1360,32 @@ class FileLoader:
             return m
 
         if ref.fmt == "parquet":
-            with self.store.seekable(ref, meter) as path:  # type: ignore[attr-defined]
-                yield from _iter_parquet(path, self.chunk, progress)
+            with self.store.seekable(ref, meter) as source:  # type: ignore[attr-defined]
+                yield from _iter_parquet(source, self.chunk, progress)
             return
         with self.store.open(ref) as raw:
             m = meter(raw)
+            stream: io.RawIOBase = _Gunzip(m, self.max_bytes) if ref.compression == "gzip" else m
             if ref.fmt == "jsonl":
-                yield from _iter_jsonl(_text(m))
+                yield from _iter_jsonl(_text(stream))
             elif ref.fmt == "csv":
-                yield from _iter_csv(_text(m, newline=""))
+                yield from _iter_csv(_text(stream, newline=""))
             else:
-                yield from _JsonArray(_text(m), as_lines_fallback=self.store.fmt == "auto")
+                yield from _JsonArray(_text(stream), as_lines_fallback=self.store.fmt == "auto")
             if m.bytes == 0:
                 raise FileError("empty", "empty file (0 bytes)")
 
-    def _load(self, ref: FileRef, progress: _Progress, meter_box: list[_Meter], started: datetime,
-              had_version: bool) -> tuple[int, int, int, int] | None:
-        """Inside the file's transaction: stage every record, upsert once, tombstone, complete the row."""
+    def _load(self, ref: FileRef, progress: _Progress, meter_box: list[_Meter], version: _FileVersion,
+              had_version: bool) -> int:
+        """Inside the file's landing commit: stage every record, upsert once, tombstone what the new
+        version no longer has; rows landed (the counts go into ``version``, the commit's checkpoint)."""
         conn = self.conn
         row = conn.execute("select status, size, etag, mtime, started_at from paynorm.processed_files"
                            " where key = %s for update", (ref.key,)).fetchone()
         if row is not None and row[0] == "completed" and row[1] == ref.size and row[2] == ref.etag \
                 and row[3] == ref.mtime:
-            return None  # a concurrent loader committed this very version while we waited for the lock
+            version.skipped = True  # a concurrent loader committed this very version while we waited for the lock
+            return 0
         source = f"file:{ref.key}"
         converter = RecordConverter(ref, self.payload_column)
         conn.execute(STAGING_DDL)
@@ -1116,25 +1413,21 @@ class FileLoader:
         with conn.cursor() as cur:
             cur.execute(_STAGE_TO_LANDING)
             cur.execute("analyze _paynorm_landing")  # a temp table has no statistics: plan the upsert on real ones
-            cur.execute(UPSERT_FROM_STAGING, {"source": source})
+            if self.upsert is UPSERT_FROM_STAGING:
+                cur.execute(_OWNED_ELSEWHERE, {"source": source})
+                kept = cur.fetchone()[0]  # type: ignore[index]
+                if kept:
+                    log.warning("file %s: %d record(s) carry the id of a row another source (CDC, poll, another "
+                                "file) landed; that row is kept as it is (--files-are-lake-export if these files "
+                                "are the lake's own export)", ref.key, kept)
+            cur.execute(self.upsert, {"source": source})
             landed = cur.rowcount
             gone = 0
             if had_version:  # a set difference (hashed), never a nested loop over the file's rows
                 cur.execute(_TOMBSTONE_VANISHED, {"source": source})
                 gone = cur.rowcount
-            cur.execute(
-                """
-                update paynorm.processed_files set status = 'completed', sha256 = %(sha)s, format = %(fmt)s,
-                    records = %(records)s, rows_landed = %(landed)s, bad_records = %(bad)s, tombstoned = %(gone)s,
-                    error = null, error_code = null, started_at = %(started)s, finished_at = %(finished)s,
-                    duration_ms = %(ms)s, updated_at = now()
-                where key = %(key)s
-                """,
-                {"sha": sha, "fmt": ref.fmt, "records": records, "landed": landed, "bad": bad, "gone": gone,
-                 "key": ref.key, "started": started, "finished": (finished := _now()),
-                 "ms": int((finished - started).total_seconds() * 1000)})
-        crashpoint("file_before_commit")
-        return records, landed, bad, gone
+        version.sha, version.records, version.landed, version.bad, version.gone = sha, records, landed, bad, gone
+        return landed
 
     def _stage(self, batch: LandingBatch, last_index: dict[str, int], overrides: dict[str, str]) -> int:
         """COPY the buffered rows (decoded by the landing's own encoder) into the file's stage table."""
@@ -1163,14 +1456,22 @@ class FileLoader:
 def load(settings: Settings, uri: str | None = None, *, once: bool = True, interval: float | None = None,
          prefix: str | None = None, fmt: str | None = None, pattern: str | None = None,
          endpoint_url: str | None = None, stop: threading.Event | None = None,
-         max_passes: int | None = None) -> LoadResult:
+         max_passes: int | None = None, files_are_lake_export: bool = False) -> LoadResult:
     """Load the files under ``uri`` (a folder or ``s3://bucket/prefix``) into ``raw.lake_transactions``.
 
     Arguments left None come from ``settings`` (``files_path``, ``interval``, ``files_prefix``,
     ``files_format``, ``files_glob``, ``s3_endpoint_url``). With ``once`` it makes one pass and
-    returns (exit code 1 when a file failed in this pass); otherwise it passes again every
-    ``interval`` seconds until ``stop`` is set, reconnecting with back-off when the warehouse or the
-    store is unreachable.
+    returns (exit code 1 while any file is failed: failed in this pass, or failed before and not
+    changed since); otherwise it passes again every ``interval`` seconds until ``stop`` is set.
+
+    Warehouse and store connection problems go through the one retry policy: a permanent one (bad
+    DSN, authentication, privilege, no such bucket) returns exit code 4 at once, a transient one is
+    retried with back-off for ``settings.retry_for`` seconds (default: 60 with ``once``, forever
+    otherwise), then exit code 1.
+
+    ``files_are_lake_export`` (or ``settings.files_are_lake_export``): the files are the lake's own
+    export, so their records may take over rows other sources landed; by default a file never
+    rewrites, revives or tombstones a row another source owns.
     """
     stop = stop or threading.Event()
     uri = uri or settings.files_path
@@ -1178,7 +1479,12 @@ def load(settings: Settings, uri: str | None = None, *, once: bool = True, inter
         return LoadResult(EXIT_CONFIG, "give a folder or s3://bucket/prefix to load (or set PAYNORM_FILES_PATH)")
     if not settings.warehouse_dsn:
         return LoadResult(EXIT_CONFIG, "set DATABASE_URL (or run `paynorm dev up` and source .paynorm/env)")
+    try:
+        require_dsn(settings.warehouse_dsn, "DATABASE_URL")
+    except ConfigError as e:
+        return LoadResult(e.exit_code, str(e))
     interval = settings.interval if interval is None else interval
+    lake_export = files_are_lake_export or bool(getattr(settings, "files_are_lake_export", False))
     try:
         store = open_store(uri, prefix=settings.files_prefix if prefix is None else prefix,
                            pattern=settings.files_glob if pattern is None else pattern,
@@ -1186,48 +1492,64 @@ def load(settings: Settings, uri: str | None = None, *, once: bool = True, inter
                            endpoint_url=(settings.s3_endpoint_url if endpoint_url is None else endpoint_url) or None)
     except (ConfigError, StoreError) as e:
         return LoadResult(EXIT_CONFIG, str(e))
-    log.info("loading files from %s into %s (format %s)", store.label, redact_dsn(settings.warehouse_dsn),
-             store.fmt)
+    log.info("loading files from %s into %s (format %s%s)", store.label, redact_dsn(settings.warehouse_dsn),
+             store.fmt, ", as the lake's own export" if lake_export else "")
+    conn_box: list[psycopg.Connection] = []
+
+    def drop_connection() -> None:
+        while conn_box:
+            conn_box.pop().close()
+
+    def one_pass() -> LoadStats:
+        if not conn_box or conn_box[0].closed:
+            drop_connection()
+            conn_box.append(_connect(settings.warehouse_dsn))
+            init_warehouse(conn_box[0])
+        loader = FileLoader(conn_box[0], store, max_bytes=settings.files_max_bytes, chunk=settings.files_chunk,
+                            max_payload_bytes=settings.max_payload_bytes, payload_column=settings.payload_column,
+                            stop=stop, files_are_lake_export=lake_export)
+        try:
+            return loader.run_pass()
+        except StoreError as e:
+            raise e.classified() from e
+
     total = LoadStats()
-    conn: psycopg.Connection | None = None
-    backoff = 1.0
-    passes = failures_in_a_row = 0
+    passes = 0
     try:
-        while not stop.is_set():
-            try:
-                if conn is None or conn.closed:
-                    conn = psycopg.connect(settings.warehouse_dsn, autocommit=True, application_name="paynorm-files")
-                    init_warehouse(conn)
-                loader = FileLoader(conn, store, max_bytes=settings.files_max_bytes, chunk=settings.files_chunk,
-                                    max_payload_bytes=settings.max_payload_bytes,
-                                    payload_column=settings.payload_column, stop=stop)
-                stats = loader.run_pass()
-            except (StoreError, psycopg.OperationalError, psycopg.InterfaceError) as e:
-                failures_in_a_row += 1
-                what = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                if isinstance(e, psycopg.Error):
-                    what = f"warehouse unreachable: {what}"
-                    if conn is not None:
-                        conn.close()
-                    conn = None
-                if once and failures_in_a_row >= 3:
-                    return LoadResult(EXIT_FAILED, what, total)
-                log.warning("%s; retrying in %.0fs", what, backoff)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, settings.max_backoff)
-                continue
-            failures_in_a_row = 0
-            backoff = 1.0
+        for stats in run_source(settings, one_pass, once=once, stop=stop, what=f"load {store.label}",
+                                interval=interval, on_retry=drop_connection, secrets=(settings.warehouse_dsn,)):
             passes += 1
             total.add(stats)
-            log.info("pass over %s: %s", store.label, stats.summary())
+            log.log(logging.WARNING if stats.failing else logging.INFO, "pass over %s: %s", store.label,
+                    stats.summary())
             if once or (max_passes is not None and passes >= max_passes):
-                return LoadResult(EXIT_FAILED if stats.failed else EXIT_OK,
-                                  f"{stats.failed} file(s) failed: see paynorm.processed_files" if stats.failed
-                                  else "", total)
-            stop.wait(interval)
+                return _result(stats, total)
         return LoadResult(EXIT_OK, "", total)
+    except PaynormError as e:
+        if isinstance(e, TransientError) and stop.is_set() and not once:
+            return LoadResult(EXIT_OK, "", total)  # asked to stop while the warehouse or the store was down
+        return LoadResult(e.exit_code, str(e), total)
     finally:
-        if conn is not None:
-            conn.close()
+        drop_connection()
         store.close()
+
+
+def _connect(dsn: str) -> psycopg.Connection:
+    """The loader's warehouse connection; a host that does not answer fails the attempt in 10 s (unless
+    the DSN sets its own connect_timeout), so the retry deadline is kept."""
+    from psycopg import conninfo
+
+    extra = {} if "connect_timeout" in conninfo.conninfo_to_dict(dsn) else {"connect_timeout": 10}
+    return psycopg.connect(dsn, autocommit=True, application_name="paynorm-files", **extra)
+
+
+def _result(stats: LoadStats, total: LoadStats) -> LoadResult:
+    """The result of the last pass: exit 1 while any file is failed, including one still failed from an
+    earlier pass (it is not read again until it changes, but the run is not a success while it stays)."""
+    if not stats.failing:
+        return LoadResult(EXIT_OK, "", total)
+    parts = [f"{stats.failed} file(s) failed in this pass"] if stats.failed else []
+    if stats.still_failed:
+        parts.append(f"{stats.still_failed} file(s) still failed, unchanged since an earlier pass (fix, replace or "
+                     f"remove them)")
+    return LoadResult(EXIT_FAILED, "; ".join(parts) + ": see paynorm.processed_files", total)

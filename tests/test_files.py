@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import signal
 import time
@@ -311,12 +312,17 @@ def test_bad_files_fail_clearly_and_the_others_go_on(env: Env, store: LocalFiles
         assert f"file {store.key(rel)} failed: {t['error']}" in caplog.text
     assert track[store.key("good.jsonl")]["status"] == "completed"
 
-    # unchanged bad files are not retried; a fixed one is; raising the limit retries the big one
+    # unchanged bad files are not read again, but they are still failures of the pass (exit 1); a fixed
+    # one is loaded; raising the limit retries the big one
     again = run_load(env, store, settings={"files_max_bytes": max_bytes})
-    assert (again.exit_code, again.stats.loaded, again.stats.failed, again.stats.skipped) == (0, 0, 0, 8)
+    assert (again.exit_code, again.stats.loaded, again.stats.failed, again.stats.still_failed,
+            again.stats.skipped) == (files.EXIT_FAILED, 0, 0, 7, 1)
+    # at most the good file is hashed again (its mtime may be too close to our read to trust)
+    assert again.stats.bytes_read <= track[store.key("good.jsonl")]["size"]
     store.put("bad/ragged.csv", b"provider,amount,currency\nstripe,10,USD\nstripe,11,USD\n")
     fixed = run_load(env, store)
-    assert (fixed.stats.loaded, fixed.stats.failed) == (2, 0)
+    assert (fixed.stats.loaded, fixed.stats.failed, fixed.stats.still_failed) == (2, 0, 5)
+    assert fixed.exit_code == files.EXIT_FAILED and "5 file(s) still failed" in fixed.message
     assert tracking(env)[store.key("bad/ragged.csv")]["status"] == "completed"
     assert len(landed(env)) == 2 + 2 + 200
 
@@ -359,33 +365,48 @@ def test_bad_records_in_a_good_file_land_with_their_decode_error(env: Env, tmp_p
     assert t["status"] == "completed" and t["records"] == 7 and t["bad_records"] >= 3
 
 
-# -- one row per record id across sources ------------------------------------------------------------------
+# -- source precedence: files next to the CDC lake ---------------------------------------------------------
 
 
-def test_a_record_in_the_cdc_lake_and_in_a_file_is_one_row(env: Env, tmp_path: Path) -> None:
+def test_a_file_record_never_rewrites_revives_or_tombstones_a_cdc_row(env: Env, tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A file whose envelope ids are lake rows' ids leaves those rows to CDC (and says so), unless
+    the files are declared the lake's own export; then the file's image is the row's."""
     with env.lake_conn() as lake:
         ids = insert_rows(lake, 3)
     assert replicate(env.settings(), once=True).exit_code == 0
-    store = LocalFiles(tmp_path / "lake")
-    # the lake export writes the UUID in upper case: still the same record
-    rec = {"id": ids[0].upper(), "data": {"amount": Decimal("5.55"), "status": "refunded"},
-           "merchant": MERCHANT, "transactional_id": None}
-    store.put("export.jsonl", jsonl([rec]))
-    assert run_load(env, store).stats.loaded == 1
-    with env.wh_conn() as conn:
-        rows = conn.execute("select lake_key, source, op, row_data->'data'->>'status' from raw.lake_transactions"
-                            " order by lake_key").fetchall()
-    assert len(rows) == 3
-    assert (ids[0], f"file:{store.key('export.jsonl')}", "F", "refunded") in rows
-    # a later change in the CDC lake wins again (the newest write of the record is its image)
     with env.lake_conn() as lake:
-        lake.execute("update public.raw_transactions set data = data || '{\"status\": \"chargeback\"}' where id = %s",
-                     (ids[0],))
+        lake.execute("delete from public.raw_transactions where id = %s", (ids[1],))
     assert replicate(env.settings(), once=True).exit_code == 0
+    before = _rows(env)
+    assert before[ids[1]][1] is True  # a CDC tombstone
+    store = LocalFiles(tmp_path / "lake")
+    # the export writes the UUID in upper case: still the same record
+    rewrite = {"id": ids[0].upper(), "data": {"amount": Decimal("999999"), "status": "refunded"},
+               "merchant": MERCHANT, "transactional_id": None}
+    revive = {**rewrite, "id": ids[1]}
+    store.put("export.jsonl", jsonl([rewrite, revive, envelope(1)]))
+    caplog.set_level(logging.WARNING, logger="consumer.files")
+    assert run_load(env, store).stats.loaded == 1
+    after = _rows(env)
+    assert {k: after[k] for k in ids} == {k: before[k] for k in ids}  # not rewritten, not revived
+    assert "2 record(s) carry the id of a row another source" in caplog.text
+    # the next version of the file drops them: CDC rows are not tombstoned either
+    store.put("export.jsonl", jsonl([envelope(1)]))
+    assert run_load(env, store).stats.loaded == 1
+    assert {k: _rows(env)[k] for k in ids} == {k: before[k] for k in ids}
+    # declared to be the lake's own export (the CLI flag): the file's image is the row's
+    store.put("export.jsonl", jsonl([rewrite, envelope(1)]))
+    out = CliRunner().invoke(cli, ["load", store.uri, "--once", "--files-are-lake-export"],
+                             env={"DATABASE_URL": env.wh_dsn}, catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    assert _rows(env)[ids[0]] == (f"file:{store.key('export.jsonl')}", False, "999999")
+
+
+def _rows(env: Env) -> dict[str, tuple[Any, ...]]:
     with env.wh_conn() as conn:
-        row = conn.execute("select source, row_data->'data'->>'status' from raw.lake_transactions"
-                           " where lake_key = %s", (ids[0],)).fetchone()
-    assert row == ("cdc:paynorm", "chargeback")
+        return {k: (src, deleted, amount) for k, src, deleted, amount in conn.execute(
+            "select lake_key, source, deleted, payload->>'amount' from raw.lake_transactions").fetchall()}
 
 
 # -- crashes -----------------------------------------------------------------------------------------------
