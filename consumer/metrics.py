@@ -23,6 +23,7 @@ STAGE_SECONDS = Histogram("paynorm_stage_duration_seconds", "Duration of a pipel
                           buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900))
 STAGE_RUNS = Counter("paynorm_stage_runs", "Pipeline stage runs by outcome.", ["stage", "outcome"])
 CYCLES = Counter("paynorm_cycles", "Pipeline cycles by outcome.", ["outcome"])
+STREAM_RESTARTS = Counter("paynorm_cdc_consumer_restarts", "Restarts of the CDC consumer thread of `paynorm run` after it stopped.")
 LAST_SUCCESS = Gauge("paynorm_last_successful_cycle_timestamp_seconds", "Unix time of the last successful cycle.")
 LLM_CALLS = Counter("paynorm_llm_calls", "LLM requests made by this process.")
 LLM_TOKENS = Counter("paynorm_llm_tokens", "LLM tokens spent by this process.", ["direction"])

@@ -20,7 +20,10 @@ from typing import Any, Callable
 import psycopg
 
 from . import metrics
+from .errors import (EXIT_CONFIG, EXIT_CONSUMER_DOWN, EXIT_FAILED, EXIT_FENCED, EXIT_OK, EXIT_SLOT_LOST, ConfigError, FencedError,
+                     PaynormError, SlotLostError, TransientError, classify, require_dsn)
 from .landing import init_warehouse
+from .secrets import redact_error
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,18 @@ class StageFailed(RuntimeError):
     """A stage did not succeed; the message is the cause to log and record."""
 
 
+class FatalStage(PaynormError):
+    """The process cannot go on (the CDC consumer keeps dying): exit non-zero rather than live on."""
+
+    exit_code = EXIT_CONSUMER_DOWN
+
+
+def _error_for(exit_code: int, message: str) -> Exception:
+    """The error a source's exit code stands for (a permanent one ends the cycle at once)."""
+    kinds = {EXIT_CONFIG: ConfigError, EXIT_FENCED: FencedError, EXIT_SLOT_LOST: SlotLostError}
+    return kinds.get(exit_code, StageFailed)(message)
+
+
 @dataclass
 class StageResult:
     name: str
@@ -56,6 +71,7 @@ class StageResult:
     attempts: int = 0
     detail: str = ""
     error: str | None = None
+    exit_code: int = 0  # the error's exit code when the stage failed permanently
 
 
 @dataclass
@@ -63,6 +79,13 @@ class CycleResult:
     run_id: int | None
     outcome: str = "ok"  # ok | failed | stopped
     stages: list[StageResult] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """0 ok/stopped; a permanent stage error's own code (4 configuration...); else 1."""
+        if self.outcome != "failed":
+            return EXIT_OK
+        return next((st.exit_code for st in self.stages if st.exit_code), EXIT_FAILED)
 
     def line(self) -> str:
         parts = [f"{s.name} {s.outcome}{'' if s.rows is None else f' ({s.rows:,} rows)'} {s.seconds:.1f}s"
@@ -84,6 +107,8 @@ class Pipeline:
         self.streamer: threading.Thread | None = None
         self.stream_stop = threading.Event()
         self.stream_result: Any = None
+        self._stream_restarts = 0
+        self._secrets = (settings.lake_dsn, settings.warehouse_dsn)
 
     # -- bookkeeping ------------------------------------------------------------------------------
 
@@ -91,10 +116,19 @@ class Pipeline:
         return psycopg.connect(self.settings.warehouse_dsn, autocommit=True)
 
     def _start_run(self) -> int:
-        with self._conn() as conn:
-            init_warehouse(conn)
-            conn.execute(_RUNS_DDL)
-            row = conn.execute("insert into paynorm.runs (source) values (%s) returning run_id", (self.source,)).fetchone()
+        """Record the cycle; a warehouse that refuses us (password, role, database) is a permanent
+        error, raised classified (one line, exit 4), not a traceback."""
+        require_dsn(self.settings.warehouse_dsn, "DATABASE_URL")
+        if self.source != "files":
+            require_dsn(self.settings.lake_dsn, "DATALAKE_DATABASE_URL")
+        try:
+            with self._conn() as conn:
+                init_warehouse(conn)
+                conn.execute(_RUNS_DDL)
+                row = conn.execute("insert into paynorm.runs (source) values (%s) returning run_id",
+                                   (self.source,)).fetchone()
+        except psycopg.Error as e:
+            raise classify(e, secrets=self._secrets) from None
         assert row is not None
         return int(row[0])
 
@@ -112,7 +146,8 @@ class Pipeline:
     # -- stages -----------------------------------------------------------------------------------
 
     def _stage(self, name: str, fn: Callable[[], tuple[int | None, str]]) -> StageResult:
-        """Run one stage with retries and back-off; never raises."""
+        """Run one stage with retries and back-off; never raises. A permanent problem (consumer/errors.py:
+        bad DSN, password, privilege, a fenced or lost slot) is not retried: ``res.exit_code`` says it."""
         res = StageResult(name)
         started = time.monotonic()
         log.info("stage %s: starting", name)
@@ -125,9 +160,13 @@ class Pipeline:
                 res.outcome, res.error = "ok", None
                 break
             except Exception as e:  # noqa: BLE001 - a stage failure is reported and retried, never fatal
-                res.outcome, res.error = "failed", (str(e).strip().splitlines() or [type(e).__name__])[0][:500]
+                err = classify(e, secrets=self._secrets) if isinstance(e, (psycopg.Error, PaynormError)) else e
+                res.outcome, res.error = "failed", (str(err).strip().splitlines() or [type(e).__name__])[0][:500]
                 log.warning("stage %s failed (attempt %d/%d): %s", name, res.attempts, self.attempts, res.error)
                 log.debug("%s", traceback.format_exc())
+                if isinstance(err, PaynormError) and err.exit_code not in (EXIT_OK, EXIT_FAILED):
+                    res.exit_code = err.exit_code  # permanent: retrying cannot help
+                    break
                 if res.attempts >= self.attempts or self.stop.is_set():
                     break
                 self.stop.wait(delay)
@@ -140,26 +179,28 @@ class Pipeline:
         s = self.settings
         if self.source == "cdc":
             if self.streamer is not None:  # continuous mode: the consumer streams on its own
-                if not self.streamer.is_alive():
-                    raise StageFailed(f"the CDC consumer stopped: {getattr(self.stream_result, 'message', '')}")
-                return None, "streaming"
+                return None, self._supervise()
             from .replicate import replicate
 
             r = replicate(s, once=True, stop=self.stop, max_attempts=self.attempts)
             if r.exit_code:
-                raise StageFailed(r.message)
+                raise _error_for(r.exit_code, r.message)
             rows = (r.stats.rows_written + r.stats.snapshot_rows) if r.stats else 0
             return rows, "replicated to the lake's position"
         if self.source == "poll":
             from .poll import poll
 
-            p = poll(s, once=True, stop=self.stop)
+            p = poll(s, once=True, stop=self.stop, max_attempts=self.attempts)
+            if p.stopped:
+                raise StageFailed(f"poll interrupted after {p.rows_read} rows read; the pass did not end")
             return p.rows_written, f"{p.rows_read} rows read"
         from .files import load
 
         f = load(s, self.files_uri, once=True, stop=self.stop)
-        if f.exit_code:
+        if f.exit_code == EXIT_FAILED:
             raise StageFailed(f"file load failed (exit {f.exit_code}); see paynorm.processed_files")
+        if f.exit_code:
+            raise _error_for(f.exit_code, getattr(f, "message", "") or f"file load failed (exit {f.exit_code})")
         return getattr(f.stats, "rows_landed", None), "files loaded"
 
     def _dbt(self, select: list[str], extra: list[str], sync_rules: bool) -> Callable[[], tuple[int | None, str]]:
@@ -216,7 +257,7 @@ class Pipeline:
             result.stages.append(stage)
             if stage.outcome == "failed":
                 result.outcome = "failed"
-                if name == "llm":
+                if name == "llm" and not stage.exit_code:
                     continue  # the marts still build, with the rules that exist; the cycle says it failed
                 break  # later stages need this one; landed data stays as it is
         if result.outcome == "ok" and self.stop.is_set() and any(s.outcome == "skipped" for s in result.stages):
@@ -229,28 +270,87 @@ class Pipeline:
         return result
 
     def _start_streamer(self) -> None:
-        from .replicate import replicate
+        from .replicate import ReplicateResult, replicate
 
         def target() -> None:
-            self.stream_result = replicate(self.settings, once=False, stop=self.stream_stop)
+            try:
+                self.stream_result = replicate(self.settings, once=False, stop=self.stream_stop)
+            except Exception as e:  # noqa: BLE001 - a crash of the thread is reported, never silent
+                # the error text may quote a DSN: the line and the traceback are redacted like every error
+                line = redact_error(f"{type(e).__name__}: {e}", self._secrets).strip().splitlines()[0]
+                log.error("the CDC consumer crashed: %s\n%s", line,
+                          redact_error("".join(traceback.format_exception(e)), self._secrets).rstrip())
+                self.stream_result = ReplicateResult(EXIT_FAILED, f"crashed: {line}")
             if self.stream_result.exit_code:
                 log.error("CDC consumer stopped: %s", self.stream_result.message)
 
         self.streamer = threading.Thread(target=target, name="cdc-consumer", daemon=True)
         self.streamer.start()
 
+    #: Restarts of a CDC consumer that ended unexpectedly, before the process gives up (exit code).
+    MAX_STREAM_RESTARTS = 5
+
+    def _supervise(self) -> str:
+        """Continuous mode: the CDC thread must be alive. One that ended on a permanent problem
+        (configuration, fence, lost slot) ends the process with that code; one that ended otherwise
+        is restarted with back-off, up to MAX_STREAM_RESTARTS times in a row, then the process ends
+        non-zero: never a live process that lands nothing."""
+        assert self.streamer is not None
+        if self.streamer.is_alive():
+            self._stream_restarts = 0  # alive at this cycle: restarts count "in a row"
+            return "streaming"
+        result = self.stream_result
+        code = getattr(result, "exit_code", EXIT_FAILED)
+        message = getattr(result, "message", "") or "the CDC consumer ended"
+        if code not in (EXIT_OK, EXIT_FAILED):
+            raise _error_for(code, message)
+        if self.stop.is_set():
+            return "stopped"
+        self._stream_restarts += 1
+        if self._stream_restarts > self.MAX_STREAM_RESTARTS:
+            raise FatalStage(f"the CDC consumer stopped {self._stream_restarts} times in a row: {message}")
+        delay = min(self.backoff * 2 ** (self._stream_restarts - 1), self.settings.max_backoff)
+        log.warning("the CDC consumer stopped (%s); restarting it in %.0fs (%d/%d)", message, delay,
+                    self._stream_restarts, self.MAX_STREAM_RESTARTS)
+        metrics.STREAM_RESTARTS.inc()
+        if self.stop.wait(delay):
+            return "stopped"
+        self._start_streamer()
+        return f"CDC consumer restarted ({self._stream_restarts})"
+
+    def _wait_for_next_cycle(self, interval: float) -> None:
+        """The pause between cycles, cut short when the CDC consumer ends: the next cycle's land
+        stage restarts it (or ends the process) then, not an interval later (a long --interval
+        would otherwise leave a lost slot unnoticed for that long)."""
+        deadline = time.monotonic() + interval
+        while not self.stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0 or (self.streamer is not None and not self.streamer.is_alive()):
+                return
+            self.stop.wait(min(left, 0.5))
+
     def run(self, *, once: bool, interval: float) -> int:
-        """Cycles until stopped; the exit code (0 ok, 1 a stage failed in --once)."""
+        """Cycles until stopped; the exit code (0 ok; with --once, 1 when a stage failed; a permanent
+        problem, 4 configuration / 3 fenced / 2 slot lost, ends the process in any mode)."""
         if once:
-            result = self.cycle()
-            return 1 if result.outcome == "failed" else 0
+            return self.cycle().exit_code
         if self.source == "cdc":
             self._start_streamer()
         try:
             while not self.stop.is_set():
-                self.cycle()
-                self.stop.wait(interval)
-            return 0
+                try:
+                    result = self.cycle()
+                except TransientError as e:  # the warehouse is away at the start of a cycle: wait, never exit
+                    wait = max(1.0, min(interval, self.settings.max_backoff))
+                    log.warning("cycle not started: %s; trying again in %.0fs", e, wait)
+                    self._wait_for_next_cycle(wait)
+                    continue
+                if result.exit_code not in (EXIT_OK, EXIT_FAILED):
+                    cause = next((s.error for s in result.stages if s.exit_code), None) or "a stage failed"
+                    log.error("paynorm run stops (exit %d): %s", result.exit_code, cause)
+                    return result.exit_code
+                self._wait_for_next_cycle(interval)
+            return EXIT_OK
         finally:
             self.stream_stop.set()
             if self.streamer is not None:
