@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 import psycopg
 from psycopg import pq, sql
+from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from . import lake as lakemod
@@ -78,15 +79,25 @@ class ReplicationState:
     snapshot_last_key: str | None
     snapshot_rows: int
     owner_token: str | None
+    #: The lake table's identity as last checked (``lake.TableGuard``): OID, row type version,
+    #: payload column. None before the first check.
+    lake_relation: dict[str, Any] | None = None
 
 
 def load_state(conn: psycopg.Connection, slot: str) -> ReplicationState | None:
+    # to_jsonb(s)->'lake_relation': null, not an error, where the column does not exist yet
     row = conn.execute(
         "select slot_name, lake_table, applied_lsn::text, snapshot_lsn::text, snapshot_done, snapshot_last_key,"
-        " snapshot_rows, owner_token from paynorm.replication_state where slot_name = %s",
+        " snapshot_rows, owner_token, to_jsonb(s)->'lake_relation'"
+        " from paynorm.replication_state s where slot_name = %s",
         (slot,),
     ).fetchone()
     return ReplicationState(*row) if row else None
+
+
+def record_relation(conn: psycopg.Connection, slot: str, identity: dict[str, Any]) -> None:
+    conn.execute("update paynorm.replication_state set lake_relation = %s, updated_at = now() where slot_name = %s",
+                 (Jsonb(identity), slot))
 
 
 class Fence:
@@ -167,12 +178,13 @@ class Applier:
 
     def __init__(self, pool: ConnectionPool, fence: Fence, table: LakeTable, state: ReplicationState, *,
                  source: str, batch_size: int, max_payload_bytes: int,
-                 on_commit: Callable[[int], None] | None = None) -> None:
+                 on_commit: Callable[[int], None] | None = None,
+                 on_relation_change: Callable[[], LakeTable] | None = None) -> None:
         self.pool = pool
         self.fence = fence
         self.slot = state.slot_name
-        self.converter = ChangeConverter(table)
-        self.parse = lakemod.message_parser(table)
+        self.converter = ChangeConverter(table, on_relation_change)
+        self.parse = lakemod.parse_change
         self.batch = LandingBatch(source, max_payload_bytes)
         self.batch_size = batch_size
         self.applied = lsn_to_int(state.applied_lsn)  # end LSN of the last transaction in the warehouse
@@ -345,14 +357,24 @@ class _Committed:
 # -- transports -----------------------------------------------------------------------------------
 
 
+def replication_literal(value: str) -> sql.Composable:
+    """A string literal of the replication command grammar (repl_scanner.l): quotes doubled, and
+    a backslash is a plain character. psycopg's ``sql.Literal`` writes a string holding a
+    backslash as ``E'...'``, which START_REPLICATION does not parse (wal2json's add-tables escapes
+    with backslashes)."""
+    return sql.SQL("'" + value.replace("'", "''") + "'")
+
+
 class StreamTransport:
     """The streaming replication protocol over psycopg's libpq layer."""
 
-    def __init__(self, dsn: str, slot: str, options: list[str], status_interval: float = 10.0) -> None:
+    def __init__(self, dsn: str, slot: str, options: list[str], status_interval: float = 10.0,
+                 guard: lakemod.TableGuard | None = None) -> None:
         self.dsn = dsn
         self.slot = slot
         self.options = options
         self.status_interval = status_interval
+        self.guard = guard  # checks the lake table before a position is confirmed past a change to it
         self.pgconn: pq.abc.PGconn | None = None
         self.confirmed = 0
         self.last_status = 0.0
@@ -374,7 +396,7 @@ class StreamTransport:
             raise psycopg.OperationalError(f"IDENTIFY_SYSTEM failed: {pgconn.get_error_message()}")
         xlogpos = lsn_to_int(res.get_value(0, 2).decode())  # type: ignore[union-attr]
         opts = sql.SQL(", ").join(
-            sql.SQL("{} {}").format(sql.Identifier(self.options[i]), sql.Literal(self.options[i + 1]))
+            sql.SQL("{} {}").format(sql.Identifier(self.options[i]), replication_literal(self.options[i + 1]))
             for i in range(0, len(self.options), 2)
         )
         cmd = sql.SQL("START_REPLICATION SLOT {} LOGICAL {} ({})").format(
@@ -448,9 +470,13 @@ class StreamTransport:
         assert self.pgconn is not None
         select.select([self.pgconn.socket], [], [], timeout)
 
-    def send_status(self, flush_lsn: int, *, reply: bool = False) -> None:
+    def send_status(self, flush_lsn: int, *, reply: bool = False, force: bool = False) -> None:
+        """Tell the lake ``flush_lsn`` is applied (never less than already said), once the table
+        guard agrees (``force``: check the table now rather than at its next interval)."""
         assert self.pgconn is not None
         flush_lsn = max(flush_lsn, self.confirmed)
+        if flush_lsn > self.confirmed and self.guard is not None:
+            flush_lsn = max(self.guard.allow(flush_lsn, force=force), self.confirmed)
         now_us = int((time.time() - _PG_EPOCH) * 1_000_000)
         msg = struct.pack("!cQQQqB", b"r", flush_lsn, flush_lsn, flush_lsn, now_us, 1 if reply else 0)
         self.pgconn.put_copy_data(msg)
@@ -497,7 +523,7 @@ class StreamTransport:
                     break  # drained to the position the lake had when we started, even if writes go on
             # stopping or drained: commit what is in flight (a partial lake transaction is safe to commit)
             applier.flush()
-            self.send_status(applier.applied)
+            self.send_status(applier.applied, force=True)
             self.close(graceful=True)
         finally:
             self.close()
@@ -546,20 +572,27 @@ class SqlTransport:
 
     max_growth = 64
 
-    def __init__(self, dsn: str, slot: str, options: list[str], *, batch_size: int, interval: float) -> None:
+    def __init__(self, dsn: str, slot: str, options: list[str], *, batch_size: int, interval: float,
+                 guard: lakemod.TableGuard | None = None) -> None:
         self.dsn = dsn
         self.slot = slot
         self.options = options
         self.batch_size = batch_size
         self.interval = interval
+        self.guard = guard  # checks the lake table before a position is confirmed past a change to it
         self.conn: psycopg.Connection | None = None
         self.confirmed = 0
 
     def _advance(self, lsn: int) -> None:
-        """Confirm ``lsn`` to the lake; the slot refuses to move backwards, so never ask it to."""
+        """Confirm ``lsn`` to the lake once the table guard agrees; the slot refuses to move
+        backwards, so never ask it to."""
         assert self.conn is not None
         if lsn <= self.confirmed:
             return
+        if self.guard is not None:
+            lsn = self.guard.allow(lsn, force=True)
+            if lsn <= self.confirmed:
+                return
         self.conn.execute("select pg_replication_slot_advance(%s, %s::pg_lsn)", (self.slot, int_to_lsn(lsn)))
         self.confirmed = lsn
 
@@ -613,7 +646,7 @@ class SqlTransport:
             # record straddling a bound may not have been flushed when it was read.
             if prev_bound is not None and prev_bound > self.confirmed:
                 self._advance(prev_bound)
-                applier.record_confirmed(prev_bound)
+                applier.record_confirmed(self.confirmed)
             if once and prev_bound is not None:
                 break
             prev_bound = lsn_to_int(bound)

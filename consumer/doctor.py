@@ -8,7 +8,8 @@ from typing import Iterator
 import psycopg
 
 from . import lake as lakemod
-from .settings import Settings, redact_dsn
+from .secrets import redact_dsn
+from .settings import Settings
 
 
 @dataclass
@@ -29,20 +30,29 @@ def _lake_checks(settings: Settings, conn: psycopg.Connection) -> Iterator[Check
     yield Check("replication right", bool(role[0] or role[1]),
                 "role has REPLICATION" if role[0] or role[1] else
                 "the lake role lacks REPLICATION: ALTER ROLE <role> REPLICATION (or use `paynorm poll`)")
-    schema, name = settings.table_parts
-    exists = conn.execute("select to_regclass(%s)", (f"{schema}.{name}",)).fetchone()[0]  # type: ignore[index]
-    if exists is None:
-        yield Check("lake table", False, f"{settings.table} not found: check --table / PAYNORM_LAKE_TABLE")
-    else:
-        can = conn.execute("select has_table_privilege(%s, 'select')", (f"{schema}.{name}",)).fetchone()[0]  # type: ignore[index]
+    try:
+        schema, name = lakemod.split_table_name(settings.table)
+        oid = lakemod.table_oid(conn, schema, name)
+    except lakemod.LakeError as e:
+        schema = name = ""
+        oid = None
+        yield Check("lake table", False, f"{e}: check --table / PAYNORM_LAKE_TABLE")
+    if schema and oid is None:
+        yield Check("lake table", False, f"{settings.table} not found (schema {schema!r}, table {name!r}; names are "
+                    f"case-sensitive): check --table / PAYNORM_LAKE_TABLE")
+    elif oid is not None:
+        can, quoted = conn.execute("select has_table_privilege(%s::oid, 'select'),"
+                                   " quote_ident(%s) || '.' || quote_ident(%s)", (oid, schema, name)).fetchone()  # type: ignore[misc]
         yield Check("select right", bool(can), f"SELECT on {settings.table}" if can else
-                    f"GRANT SELECT ON {settings.table} TO <lake role>")
+                    f"GRANT SELECT ON {quoted} TO <lake role>")
         if can:
             try:
                 table = lakemod.describe_table(conn, settings.table, settings.payload_column)
                 yield Check("primary key", True, ", ".join(table.pk))
                 yield Check("payload column", table.payload_column is not None,
                             table.payload_column or "none of data/transaction_data/payload: set --payload-column")
+                problem = lakemod.replica_identity_problem(table)
+                yield Check("replica identity", problem is None, problem or _replica_identity_text(table))
             except lakemod.LakeError as e:
                 yield Check("lake table", False, str(e))
     slots_max = int(conn.execute("show max_replication_slots").fetchone()[0])  # type: ignore[index]
@@ -69,6 +79,14 @@ def _lake_checks(settings: Settings, conn: psycopg.Connection) -> Iterator[Check
                 f"{keep}" if keep != "-1" else
                 "unlimited (-1): a stalled consumer can fill the lake's disk; set e.g. ALTER SYSTEM SET "
                 "max_slot_wal_keep_size = '50GB'", warning=keep == "-1")
+
+
+def _replica_identity_text(table: lakemod.LakeTable) -> str:
+    if table.replica_identity == "f":
+        return "FULL (old rows carry every column)"
+    if table.replica_identity == "i":
+        return f"USING INDEX {table.identity_index} ({', '.join(table.identity_columns)}), holds the primary key"
+    return "DEFAULT (the primary key)"
 
 
 def _wal2json_loadable(conn: psycopg.Connection) -> Check | None:

@@ -216,7 +216,7 @@ class Poller:
             return writer.execute(query, ([k for k, _ in landed], [x for _, x in landed])).rowcount
         except psycopg.errors.InsufficientPrivilege as e:
             raise PollError(f"--mark-processed needs the right to flag rows: GRANT UPDATE (processed"
-                            f"{', processed_at' if self.has_processed_at else ''}) ON {t.qualified} TO <lake role>"
+                            f"{', processed_at' if self.has_processed_at else ''}) ON {t.display} TO <lake role>"
                             ) from e
 
 

@@ -6,22 +6,26 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
 from . import lake as lakemod
-from .cdc import Applier, ApplyStats, Fence, FenceLost, ReplicationState, SqlTransport, StreamTransport, load_state
+from .cdc import (Applier, ApplyStats, Fence, FenceLost, ReplicationState, SqlTransport, StreamTransport,
+                  load_state, record_relation)
 from .landing import init_warehouse
-from .settings import Settings, redact_dsn
+from .errors import (EXIT_CONFIG, EXIT_FENCED, EXIT_OK, EXIT_SLOT_LOST, ConfigError, FencedError, PaynormError,
+                     SlotLostError, require_dsn)
+from .retry import RetryPolicy
+from .secrets import redact_dsn
+from .settings import Settings
 from .snapshot import run_snapshot
 
 log = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_SLOT_LOST = 2
-EXIT_FENCED = 3
-EXIT_CONFIG = 4
+__all__ = ["EXIT_OK", "EXIT_SLOT_LOST", "EXIT_FENCED", "EXIT_CONFIG", "ReplicateResult", "replicate", "open_pool",
+           "check_connection"]
 
 
 @dataclass
@@ -77,7 +81,8 @@ def _prepare(settings: Settings, pool: ConnectionPool, fence: Fence, lake_conn: 
                     on conflict (slot_name) do update set lake_table = excluded.lake_table,
                         applied_lsn = excluded.applied_lsn, snapshot_lsn = excluded.snapshot_lsn,
                         snapshot_done = false, snapshot_last_key = null, snapshot_rows = 0,
-                        confirmed_lsn = null, owner_token = excluded.owner_token, updated_at = now()
+                        confirmed_lsn = null, owner_token = excluded.owner_token, lake_relation = null,
+                        updated_at = now()
                     """,
                     {"slot": settings.slot, "table": table.qualified, "l0": l0, "token": fence.token},
                 )
@@ -92,81 +97,130 @@ def _prepare(settings: Settings, pool: ConnectionPool, fence: Fence, lake_conn: 
 
 def replicate(settings: Settings, *, once: bool = False, resnapshot: bool = False,
               stop: threading.Event | None = None, max_attempts: int | None = None) -> ReplicateResult:
-    """Run the consumer until stopped (or drained, with ``once``); reconnects with back-off on outages."""
+    """Run the consumer until stopped (or drained, with ``once``), through the one retry policy
+    (consumer/retry.py): a permanent problem (bad DSN, authentication, role, privilege, table)
+    ends it at once with exit code 4; a transient one (lake or warehouse down) is retried with
+    back-off until ``settings.retry_for`` (bounded by default with ``once``), then exit code 1."""
     stop = stop or threading.Event()
     if not settings.lake_dsn or not settings.warehouse_dsn:
         return ReplicateResult(EXIT_CONFIG, "set DATALAKE_DATABASE_URL and DATABASE_URL (or run `paynorm dev up`)")
     if settings.transport not in ("stream", "sql"):
         return ReplicateResult(EXIT_CONFIG, f"unknown transport {settings.transport!r}: use stream or sql")
+    try:
+        require_dsn(settings.lake_dsn, "DATALAKE_DATABASE_URL")
+        require_dsn(settings.warehouse_dsn, "DATABASE_URL")
+    except ConfigError as e:
+        return ReplicateResult(e.exit_code, str(e))
     log.info("replicating %s from %s into %s (slot %s, transport %s)", settings.table,
              redact_dsn(settings.lake_dsn), redact_dsn(settings.warehouse_dsn), settings.slot, settings.transport)
+    policy = RetryPolicy.for_run(once=once, retry_for=settings.retry_for, max_backoff=settings.max_backoff,
+                                 secrets=(settings.lake_dsn, settings.warehouse_dsn))
+    policy.max_attempts = max_attempts
     fence = Fence(settings.warehouse_dsn, settings.slot)
-    pool: ConnectionPool | None = None
-    backoff = 1.0
-    attempts = 0
-    stats = ApplyStats()
+    state: dict[str, Any] = {"pool": None, "resnapshot": resnapshot}
+
+    def attempt() -> ApplyStats:
+        if state["pool"] is None:
+            check_connection(settings.warehouse_dsn)  # a bad password fails here, at once, not in the pool
+            state["pool"] = open_pool(settings.warehouse_dsn)
+        try:
+            if not _acquire_or_stand_by(fence, once=once, stop=stop, wait=max(settings.interval, 1.0)):
+                return ApplyStats()  # stopped while standing by
+            return _session(settings, state["pool"], fence, once=once, resnapshot=state["resnapshot"], stop=stop)
+        except FenceLost as e:
+            raise FencedError(str(e)) from e
+        except lakemod.SlotLost as e:
+            raise SlotLostError(str(e)) from e
+        except lakemod.LakeError as e:
+            raise ConfigError(str(e)) from e
+        finally:
+            state["resnapshot"] = False  # a retry resumes the snapshot rather than starting it again
+
     try:
-        while not stop.is_set():
-            attempts += 1
-            try:
-                if pool is None:
-                    pool = open_pool(settings.warehouse_dsn)
-                fence.acquire()
-                stats = _session(settings, pool, fence, once=once, resnapshot=resnapshot, stop=stop)
-                return ReplicateResult(EXIT_OK, stats=stats)
-            except FenceLost as e:
-                return ReplicateResult(EXIT_FENCED, str(e))
-            except lakemod.SlotLost as e:
-                return ReplicateResult(EXIT_SLOT_LOST, str(e))
-            except lakemod.LakeError as e:
-                return ReplicateResult(EXIT_CONFIG, str(e))
-            except (psycopg.OperationalError, psycopg.errors.AdminShutdown, psycopg.InterfaceError,
-                    TimeoutError) as e:
-                if max_attempts is not None and attempts >= max_attempts:
-                    return ReplicateResult(1, f"giving up after {attempts} attempts: {e}")
-                log.warning("connection problem (%s); retrying in %.0fs", str(e).strip().splitlines()[0] if str(e)
-                            else type(e).__name__, backoff)
-                fence.release()
-                stop.wait(backoff)
-                backoff = min(backoff * 2, settings.max_backoff)
-            else:
-                backoff = 1.0
-            resnapshot = False  # a retry resumes the snapshot rather than starting it again
+        stats = policy.run(attempt, stop=stop, what="replicate", on_retry=fence.release)
         return ReplicateResult(EXIT_OK, stats=stats)
+    except PaynormError as e:
+        return ReplicateResult(e.exit_code, str(e))
     finally:
         fence.release()
-        if pool is not None:
-            pool.close()
+        if state["pool"] is not None:
+            state["pool"].close()
+
+
+def _acquire_or_stand_by(fence: Fence, *, once: bool, stop: threading.Event, wait: float) -> bool:
+    """Take the slot's single-writer fence. With ``once`` another holder is an error (exit 3);
+    continuously, this consumer stands by and takes over as soon as the holder stops (False when
+    stopped while standing by)."""
+    announced = False
+    while True:
+        try:
+            fence.acquire()
+            if announced:
+                log.info("the other consumer stopped: taking over slot %s", fence.slot)
+            return True
+        except FenceLost as e:
+            if once:
+                raise
+            if not announced:
+                log.warning("standing by: %s; taking over when it stops", str(e).removesuffix("; exiting"))
+                announced = True
+            if stop.wait(wait):
+                return False
+
+
+def check_connection(dsn: str) -> None:
+    """Connect once (and close): a permanent problem (bad DSN, password, role, database) raises
+    here, classified, instead of a connection pool retrying it in the background."""
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=10):
+        pass
 
 
 def _session(settings: Settings, pool: ConnectionPool, fence: Fence, *, once: bool, resnapshot: bool,
              stop: threading.Event) -> ApplyStats:
-    with lakemod.connect(settings.lake_dsn) as lake_conn:
-        table = lakemod.describe_table(lake_conn, settings.table, settings.payload_column)
-        state = _prepare(settings, pool, fence, lake_conn, table, resnapshot)
-        snapshot_rows = 0
-        if not state.snapshot_done:
-            copied = run_snapshot(lake_conn, pool, fence, table, state, source=settings.source_tag,
-                                  chunk=settings.snapshot_chunk, max_payload_bytes=settings.max_payload_bytes,
-                                  stop=stop)
-            if copied is None:
-                return ApplyStats()
-            snapshot_rows = copied
-            with pool.connection() as conn:
-                state = load_state(conn, settings.slot)
-            assert state is not None
-    applier = Applier(pool, fence, table, state, source=settings.source_tag, batch_size=settings.batch_size,
-                      max_payload_bytes=settings.max_payload_bytes)
-    applier.stats.snapshot_rows = snapshot_rows
-    options = lakemod.wal2json_options(table)
-    started = time.monotonic()
-    with applier:
-        if settings.transport == "stream":
-            StreamTransport(settings.lake_dsn, settings.slot, options, settings.status_interval).run(
-                applier, once=once, stop=stop)
-        else:
-            SqlTransport(settings.lake_dsn, settings.slot, options, batch_size=settings.batch_size,
-                         interval=settings.interval).run(applier, once=once, stop=stop)
+    def record(identity: dict[str, Any]) -> None:
+        with pool.connection() as conn:
+            with conn.transaction():
+                fence.check(conn)
+                record_relation(conn, settings.slot, identity)
+
+    guard: lakemod.TableGuard | None = None
+    try:
+        with lakemod.connect(settings.lake_dsn) as lake_conn:
+            table = lakemod.describe_table(lake_conn, settings.table, settings.payload_column)
+            problem = lakemod.replica_identity_problem(table)
+            if problem:
+                raise lakemod.LakeError(problem)
+            state = _prepare(settings, pool, fence, lake_conn, table, resnapshot)
+            guard = lakemod.TableGuard(settings.lake_dsn, table, record=record)
+            guard.start(state.lake_relation)  # dropped, re-created or renamed since the last session: stop
+            snapshot_rows = 0
+            if not state.snapshot_done:
+                copied = run_snapshot(lake_conn, pool, fence, table, state, source=settings.source_tag,
+                                      chunk=settings.snapshot_chunk, max_payload_bytes=settings.max_payload_bytes,
+                                      stop=stop)
+                if copied is None:
+                    return ApplyStats()
+                snapshot_rows = copied
+                with pool.connection() as conn:
+                    state = load_state(conn, settings.slot)
+                assert state is not None
+        g = guard
+        applier = Applier(pool, fence, table, state, source=settings.source_tag, batch_size=settings.batch_size,
+                          max_payload_bytes=settings.max_payload_bytes,
+                          on_relation_change=lambda: g.describe_again(settings.table, settings.payload_column))
+        applier.stats.snapshot_rows = snapshot_rows
+        options = lakemod.wal2json_options(table)
+        started = time.monotonic()
+        with applier:
+            if settings.transport == "stream":
+                StreamTransport(settings.lake_dsn, settings.slot, options, settings.status_interval,
+                                guard=guard).run(applier, once=once, stop=stop)
+            else:
+                SqlTransport(settings.lake_dsn, settings.slot, options, batch_size=settings.batch_size,
+                             interval=settings.interval, guard=guard).run(applier, once=once, stop=stop)
+    finally:
+        if guard is not None:
+            guard.close()
     s = applier.stats
     elapsed = time.monotonic() - started
     log.info("applied %s changes in %s transactions (%s skipped as already applied), %s rows written, "

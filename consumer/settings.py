@@ -128,10 +128,5 @@ class Settings:
     mappings_dir: str = field(default_factory=lambda: os.environ.get("PAYNORM_MAPPINGS_DIR", ""))
 
     @property
-    def table_parts(self) -> tuple[str, str]:
-        schema, _, name = self.table.rpartition(".")
-        return (schema or "public", name)
-
-    @property
     def source_tag(self) -> str:
         return f"cdc:{self.slot}"

@@ -70,8 +70,8 @@ def run_snapshot(lake_conn: psycopg.Connection, pool: ConnectionPool, fence: Fen
     assert state.snapshot_lsn is not None
     lsn = state.snapshot_lsn
     total_row = lake_conn.execute(
-        sql.SQL("select greatest(reltuples, 0)::bigint from pg_class where oid = {}::regclass").format(
-            sql.Literal(table.qualified))).fetchone()
+        "select greatest(c.reltuples, 0)::bigint from pg_class c join pg_namespace n on n.oid = c.relnamespace"
+        " where n.nspname = %s and c.relname = %s", (table.schema, table.name)).fetchone()
     total = int(total_row[0]) if total_row and total_row[0] else None
     if total is None or total < 1_000_000:
         total = lake_conn.execute(sql.SQL("select count(*) from {}").format(table.ident)).fetchone()[0]  # type: ignore[index]

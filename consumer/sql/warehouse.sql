@@ -61,6 +61,9 @@ create table if not exists paynorm.replication_state (
     owner_token        text,                     -- fencing nonce of the consumer that holds the slot
     updated_at         timestamptz not null default now()
 );
+-- The lake table's identity as the CDC consumer last checked it (OID, row type version, payload column):
+-- a rename, a drop and re-create or a payload column gone stops the consumer before it confirms past it.
+alter table paynorm.replication_state add column if not exists lake_relation jsonb;
 
 -- The files source (`paynorm load`): one row per file key, written in the same transaction as the file's
 -- records. A file is loaded at most once per content version (size + ETag on S3, size + mtime/sha256 locally).
