@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -50,7 +51,30 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _ErrorLine(click.ClickException):
+    """A paynorm error as the CLI shows it: one line on stderr, its own exit code, no traceback."""
+
+    def __init__(self, error: Exception, exit_code: int) -> None:
+        super().__init__(str(error))
+        self.exit_code = exit_code
+
+    def format_message(self) -> str:
+        return self.message
+
+
+class _Group(click.Group):
+    """Maps paynorm's errors (consumer/errors.py) to exit codes in one place, for every command."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from .errors import PaynormError
+
+        try:
+            return super().invoke(ctx)
+        except PaynormError as e:
+            raise _ErrorLine(e, e.exit_code) from e
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="paynorm")
 @click.option("--log-format", type=click.Choice(["human", "json"]), default=None,
               help="Log format (env PAYNORM_LOG_FORMAT, default human).")
@@ -155,10 +179,20 @@ def dev_seed(settings: Settings, count: int) -> None:
 
 
 def _need(settings: Settings, *which: str) -> None:
+    from .errors import ConfigError
+
     missing = [name for name, attr in (("DATALAKE_DATABASE_URL", "lake_dsn"), ("DATABASE_URL", "warehouse_dsn"))
                if attr in which and not getattr(settings, attr)]
     if missing:
-        raise click.ClickException(f"set {' and '.join(missing)} (or run `paynorm dev up` and source .paynorm/env)")
+        raise ConfigError(f"set {' and '.join(missing)} (or run `paynorm dev up` and source .paynorm/env)")
+
+
+def retry_option(fn: Any) -> Any:
+    """--retry-for, shared by every command that reads a source (one retry policy: consumer/retry.py)."""
+    return click.option(
+        "--retry-for", type=float, default=None, envvar="PAYNORM_RETRY_FOR", show_envvar=True,
+        help="Seconds a lake/warehouse outage is retried before exit 1 (0 = forever). "
+             "Default: forever, 60 with --once. Permanent errors (DSN, password, privilege) exit 4 at once.")(fn)
 
 
 @cli.command()
@@ -192,10 +226,11 @@ def init(settings: Settings) -> None:
 @click.option("--table", default=None, help="Lake table (env PAYNORM_LAKE_TABLE, public.raw_transactions).")
 @click.option("--payload-column", default=None, help="Lake column holding the payload (default: data, transaction_data).")
 @click.option("--resnapshot", is_flag=True, help="Drop and recreate the slot, then copy the table again.")
+@retry_option
 @click.pass_obj
 def replicate(settings: Settings, once: bool | None, transport: str | None, batch_size: int | None,
               interval: float | None, slot: str | None, table: str | None, payload_column: str | None,
-              resnapshot: bool) -> None:
+              resnapshot: bool, retry_for: float | None = None) -> None:
     """Tail the lake table by logical replication (wal2json) into raw.lake_transactions, exactly once.
 
     The first run creates the slot and snapshots the existing rows; later runs resume from the
@@ -207,6 +242,8 @@ def replicate(settings: Settings, once: bool | None, transport: str | None, batc
         paynorm replicate --once                   # cron: drain and exit
         paynorm replicate --transport sql --interval 2
     """
+    if retry_for is not None:
+        settings.retry_for = retry_for
     from .replicate import replicate as run
 
     for attr, value in (("transport", transport), ("batch_size", batch_size), ("interval", interval),
@@ -274,9 +311,10 @@ def status(settings: Settings, slot: str | None, as_json: bool) -> None:
 @click.option("--mark-processed", is_flag=True,
               help="The brief's protocol: read NOT processed rows and set processed = true in the lake after "
                    "the warehouse commit. The only mode that writes to the lake.")
+@retry_option
 @click.pass_obj
 def poll(settings: Settings, once: bool | None, interval: float | None, table: str | None,
-         payload_column: str | None, batch_size: int | None, safety_lag: float, mark_processed: bool) -> None:
+         payload_column: str | None, batch_size: int | None, safety_lag: float, mark_processed: bool, retry_for: float | None = None) -> None:
     """Keyset-poll the lake table into raw.lake_transactions (for lakes without logical replication).
 
     \b
@@ -284,8 +322,8 @@ def poll(settings: Settings, once: bool | None, interval: float | None, table: s
         paynorm poll --once                       # cron, twice a day as in the brief
         paynorm poll --once --mark-processed      # also flag the landed rows in the lake
     """
-    from .lake import LakeError
-    from .poll import PollError
+    if retry_for is not None:
+        settings.retry_for = retry_for
     from .poll import poll as run_poll
 
     for attr, value in (("interval", interval), ("table", table), ("payload_column", payload_column),
@@ -293,13 +331,17 @@ def poll(settings: Settings, once: bool | None, interval: float | None, table: s
         if value is not None:
             setattr(settings, attr, value)
     _need(settings, "lake_dsn", "warehouse_dsn")
-    try:
-        result = run_poll(settings, once=settings.run_once if once is None else once, mark_processed=mark_processed,
-                          safety_lag=safety_lag, stop=_stop_on_signals())
-    except (PollError, LakeError) as e:
-        raise click.ClickException(str(e)) from e
+    from .errors import EXIT_FAILED
+
+    once = settings.run_once if once is None else once
+    # a permanent problem raises ConfigError (exit 4), an outage past the deadline TransientError (exit 1)
+    result = run_poll(settings, once=once, mark_processed=mark_processed, safety_lag=safety_lag,
+                      stop=_stop_on_signals())
     click.echo(f"polled: {result.rows_read} rows read, {result.rows_written} landed or changed"
-               + (f", {result.rows_marked} marked processed" if mark_processed else ""))
+               + (f", {result.rows_marked} marked processed" if mark_processed else "")
+               + ("; interrupted before the pass ended" if result.stopped else ""))
+    if once and result.stopped:  # cron must see that the pass did not finish
+        sys.exit(EXIT_FAILED)
 
 
 # -- the whole job --------------------------------------------------------------------------------
@@ -314,9 +356,10 @@ def poll(settings: Settings, once: bool | None, interval: float | None, table: s
 @click.option("--attempts", type=int, default=3, show_default=True, help="Tries per failing stage (with back-off).")
 @click.option("--metrics-port", type=int, default=None, help="Serve Prometheus /metrics on this port.")
 @click.option("--metrics-addr", default="0.0.0.0", show_default=True, help="Address for /metrics.")
+@retry_option
 @click.pass_obj
 def run(settings: Settings, once: bool | None, interval: float | None, source: str, files_uri: str | None,
-        attempts: int, metrics_port: int | None, metrics_addr: str) -> None:
+        attempts: int, metrics_port: int | None, metrics_addr: str, retry_for: float | None = None) -> None:
     """The whole job: land (cdc | poll | files) -> dbt staging+intermediate -> LLM step -> dbt marts.
 
     Each cycle is recorded in paynorm.runs. With --once (cron, Kubernetes CronJob) the exit code is
@@ -329,6 +372,8 @@ def run(settings: Settings, once: bool | None, interval: float | None, source: s
         paynorm run --interval 300 --metrics-port 9108  # continuous, scraped by Prometheus
         paynorm run --once --source files --path s3://lake/payments/
     """
+    if retry_for is not None:
+        settings.retry_for = retry_for
     from .pipeline import Pipeline
 
     _need(settings, "warehouse_dsn", *(("lake_dsn",) if source != "files" else ()))
@@ -661,9 +706,14 @@ def eval_cmd(settings: Settings, corpus: str, with_llm: bool, mappings_dir: str 
 @click.option("--endpoint-url", default=None,
               help="S3-compatible endpoint, e.g. http://127.0.0.1:9000 for MinIO (env PAYNORM_S3_ENDPOINT_URL; "
                    "boto3 also reads AWS_ENDPOINT_URL_S3).")
+@click.option("--files-are-lake-export", "lake_export", is_flag=True, default=None,
+              help="The files are the lake's own export: a record may rewrite, revive or tombstone a row that CDC "
+                   "or poll landed with the same id (env PAYNORM_FILES_ARE_LAKE_EXPORT; default: it never does).")
+@retry_option
 @click.pass_obj
 def load(settings: Settings, path_or_uri: str | None, once: bool | None, interval: float | None, prefix: str | None,
-         pattern: str | None, fmt: str | None, endpoint_url: str | None) -> None:
+         pattern: str | None, fmt: str | None, endpoint_url: str | None, lake_export: bool | None,
+         retry_for: float | None = None) -> None:
     """Load JSON / JSONL / CSV / Parquet files from a folder or s3://bucket/prefix into raw.lake_transactions.
 
     Each file is tracked in paynorm.processed_files and loaded once per content version, in one
@@ -678,8 +728,12 @@ def load(settings: Settings, path_or_uri: str | None, once: bool | None, interva
         paynorm load s3://payments-lake/raw/ --once --format jsonl
         paynorm load s3://lake/raw --endpoint-url http://127.0.0.1:9000 --interval 43200   # MinIO, twice a day
     """
+    if retry_for is not None:
+        settings.retry_for = retry_for
     from .files import load as run_load
 
+    if lake_export:
+        settings.files_are_lake_export = True
     _need(settings, "warehouse_dsn")
     result = run_load(settings, path_or_uri, once=settings.run_once if once is None else once, interval=interval,
                       prefix=prefix, fmt=fmt, pattern=pattern, endpoint_url=endpoint_url, stop=_stop_on_signals())
