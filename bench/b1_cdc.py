@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from consumer.lake import describe_table, wal2json_options
+from consumer.sources.postgres.lake import describe_table, wal2json_options
 
 from .common import Bench, Figure, log, summary
 

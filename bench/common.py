@@ -222,7 +222,7 @@ class Bench:
     def init_consumer(self, lake_dsn: str, wh_dsn: str, slot: str, transport: str = "stream") -> None:
         """Slot + state for a consumer, by a first `replicate --once` on an empty lake, in-process:
         it is set-up, not a measurement, and a subprocess costs a second of interpreter start-up."""
-        from consumer.replicate import replicate
+        from consumer.sources.postgres.replicate import replicate
         from consumer.settings import Settings
 
         res = replicate(Settings(lake_dsn=lake_dsn, warehouse_dsn=wh_dsn, slot=slot, transport=transport), once=True)

@@ -244,7 +244,7 @@ def replicate(settings: Settings, once: bool | None, transport: str | None, batc
     """
     if retry_for is not None:
         settings.retry_for = retry_for
-    from .replicate import replicate as run
+    from .sources.postgres.replicate import replicate as run
 
     for attr, value in (("transport", transport), ("batch_size", batch_size), ("interval", interval),
                         ("slot", slot), ("table", table), ("payload_column", payload_column)):
@@ -324,7 +324,7 @@ def poll(settings: Settings, once: bool | None, interval: float | None, table: s
     """
     if retry_for is not None:
         settings.retry_for = retry_for
-    from .poll import poll as run_poll
+    from .sources.postgres.poll import poll as run_poll
 
     for attr, value in (("interval", interval), ("table", table), ("payload_column", payload_column),
                         ("batch_size", batch_size)):
@@ -730,7 +730,7 @@ def load(settings: Settings, path_or_uri: str | None, once: bool | None, interva
     """
     if retry_for is not None:
         settings.retry_for = retry_for
-    from .files import load as run_load
+    from .sources.files import load as run_load
 
     if lake_export:
         settings.files_are_lake_export = True

@@ -7,7 +7,7 @@ from typing import Iterator
 
 import psycopg
 
-from . import lake as lakemod
+from .sources.postgres import lake as lakemod
 from .secrets import redact_dsn
 from .settings import Settings
 

@@ -180,7 +180,7 @@ class Pipeline:
         if self.source == "cdc":
             if self.streamer is not None:  # continuous mode: the consumer streams on its own
                 return None, self._supervise()
-            from .replicate import replicate
+            from .sources.postgres.replicate import replicate
 
             r = replicate(s, once=True, stop=self.stop, max_attempts=self.attempts)
             if r.exit_code:
@@ -188,13 +188,13 @@ class Pipeline:
             rows = (r.stats.rows_written + r.stats.snapshot_rows) if r.stats else 0
             return rows, "replicated to the lake's position"
         if self.source == "poll":
-            from .poll import poll
+            from .sources.postgres.poll import poll
 
             p = poll(s, once=True, stop=self.stop, max_attempts=self.attempts)
             if p.stopped:
                 raise StageFailed(f"poll interrupted after {p.rows_read} rows read; the pass did not end")
             return p.rows_written, f"{p.rows_read} rows read"
-        from .files import load
+        from .sources.files import load
 
         f = load(s, self.files_uri, once=True, stop=self.stop)
         if f.exit_code == EXIT_FAILED:
@@ -270,7 +270,7 @@ class Pipeline:
         return result
 
     def _start_streamer(self) -> None:
-        from .replicate import ReplicateResult, replicate
+        from .sources.postgres.replicate import ReplicateResult, replicate
 
         def target() -> None:
             try:

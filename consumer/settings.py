@@ -100,7 +100,7 @@ class Settings:
     llm_samples: int = field(default_factory=lambda: int(os.environ.get("PAYNORM_LLM_SAMPLES", "5")))
     # Share of a shape's rows a proposed rule must turn into a canonical status (and valid amounts, currencies).
     llm_min_coverage: float = field(default_factory=lambda: float(os.environ.get("PAYNORM_LLM_MIN_COVERAGE", "0.95")))
-    # -- the files source (`paynorm load`, consumer/files.py) --
+    # -- the files source (`paynorm load`, consumer/sources/files.py) --
     # Folder or s3://bucket/prefix loaded when none is given on the command line (`paynorm run --source files`).
     files_path: str = field(default_factory=lambda: os.environ.get("PAYNORM_FILES_PATH", ""))
     # Only files whose path relative to the folder / S3 prefix starts with this (e.g. 2024/06/).

@@ -7,7 +7,7 @@ from typing import Any
 
 import psycopg
 
-from . import lake as lakemod
+from .sources.postgres import lake as lakemod
 from .settings import Settings
 
 log = logging.getLogger(__name__)

@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from consumer.replicate import EXIT_OK, replicate
+from consumer.sources.postgres.replicate import EXIT_OK, replicate
 
 from .conftest import Env, insert_rows
 
-# Crash points inside the consumer (see consumer.cdc.crashpoint); None = SIGKILL from outside at a random time.
+# Crash points inside the consumer (see consumer.faults); None = SIGKILL from outside at a random time.
 PLAN = ["snapshot_chunk:3", None, "after_commit:2", "before_commit:2", None, "after_commit:4", None,
         "before_commit:5", "after_commit:1", None, "after_commit:3", None]
 

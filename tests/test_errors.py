@@ -6,7 +6,6 @@ role, a port nothing listens on, a revoked privilege, a missing table."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time

@@ -22,9 +22,9 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from consumer import files
+from consumer.sources import files
 from consumer.cli import cli
-from consumer.replicate import replicate
+from consumer.sources.postgres.replicate import replicate
 
 from .conftest import Env, insert_rows
 
@@ -386,7 +386,7 @@ def test_a_file_record_never_rewrites_revives_or_tombstones_a_cdc_row(env: Env, 
                "merchant": MERCHANT, "transactional_id": None}
     revive = {**rewrite, "id": ids[1]}
     store.put("export.jsonl", jsonl([rewrite, revive, envelope(1)]))
-    caplog.set_level(logging.WARNING, logger="consumer.files")
+    caplog.set_level(logging.WARNING, logger="consumer.sources.files")
     assert run_load(env, store).stats.loaded == 1
     after = _rows(env)
     assert {k: after[k] for k in ids} == {k: before[k] for k in ids}  # not rewritten, not revived

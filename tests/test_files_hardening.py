@@ -24,7 +24,7 @@ import pytest
 from click.testing import CliRunner
 from psycopg import sql
 
-from consumer import files
+from consumer.sources import files
 from consumer.cli import cli
 
 from .conftest import Env
@@ -55,7 +55,7 @@ def _old(root: Path) -> None:
 
 def test_a_symlink_out_of_the_folder_is_refused_and_never_read(env: Env, tmp_path: Path,
                                                                caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="consumer.files")
+    caplog.set_level(logging.INFO, logger="consumer.sources.files")
     root, outside = tmp_path / "lake", tmp_path / "elsewhere"
     folder = LocalFiles(root)
     good = jsonl([bare(1), bare(2)])

@@ -12,11 +12,11 @@ from typing import Any, Callable
 import pytest
 from psycopg import sql
 
-from consumer.cdc import load_state
+from consumer.sources.postgres.cdc import load_state
 from consumer.devdb import LAKE_DDL
 from consumer.doctor import run_checks
 from consumer.errors import EXIT_CONFIG, EXIT_OK, EXIT_SLOT_LOST
-from consumer.replicate import ReplicateResult, replicate
+from consumer.sources.postgres.replicate import ReplicateResult, replicate
 
 from .conftest import Env, insert_rows
 
@@ -441,7 +441,7 @@ def test_replica_identity_full_lands_updates_key_changes_and_deletes(env: Env, t
 
 
 def test_table_setting_names() -> None:
-    from consumer.lake import split_table_name, wal2json_table_pattern
+    from consumer.sources.postgres.lake import split_table_name, wal2json_table_pattern
 
     assert split_table_name("public.raw_transactions") == ("public", "raw_transactions")
     assert split_table_name("raw_transactions") == ("public", "raw_transactions")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from consumer.replicate import EXIT_OK, replicate
+from consumer.sources.postgres.replicate import EXIT_OK, replicate
 
 from .conftest import Env
 

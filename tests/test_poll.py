@@ -8,7 +8,7 @@ import time
 import psycopg
 import pytest
 
-from consumer.poll import poll
+from consumer.sources.postgres.poll import poll
 
 from .conftest import Env, insert_rows
 
@@ -55,7 +55,7 @@ def test_a_row_that_commits_late_is_still_landed(env: Env) -> None:
 
 
 def test_mark_processed_flags_exactly_the_landed_rows(env: Env) -> None:
-    from consumer.poll import PollError
+    from consumer.sources.postgres.poll import PollError
 
     with env.lake_conn() as lake:
         ids = insert_rows(lake, 40)
@@ -129,7 +129,7 @@ def test_continuous_poll_stops_on_request(env: Env) -> None:
 
 @pytest.mark.parametrize("missing", ["created_at"])
 def test_a_table_without_a_watermark_column_is_refused_clearly(env: Env, missing: str) -> None:
-    from consumer.poll import PollError
+    from consumer.sources.postgres.poll import PollError
 
     with env.lake_conn() as lake:
         lake.execute("create table public.nowm (id int primary key, data jsonb)")

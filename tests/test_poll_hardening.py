@@ -14,9 +14,9 @@ from urllib.parse import quote
 import pytest
 from psycopg import sql
 
-import consumer.poll as pollmod
+import consumer.sources.postgres.poll as pollmod
 from consumer.errors import ConfigError, TransientError
-from consumer.poll import PollResult, poll
+from consumer.sources.postgres.poll import PollResult, poll
 
 from .conftest import Env, insert_rows
 

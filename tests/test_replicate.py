@@ -7,12 +7,11 @@ import threading
 import time
 from decimal import Decimal
 
-import psycopg
 import pytest
 from psycopg import sql
 
-from consumer.cdc import load_state
-from consumer.replicate import EXIT_FENCED, EXIT_OK, EXIT_SLOT_LOST, replicate
+from consumer.sources.postgres.cdc import load_state
+from consumer.sources.postgres.replicate import EXIT_FENCED, EXIT_OK, EXIT_SLOT_LOST, replicate
 
 from .conftest import Env, insert_rows
 
@@ -432,7 +431,7 @@ def test_row_image_is_whole_when_the_payload_travels_once(env: Env, transport: s
 def test_each_change_is_parsed_exactly() -> None:
     """orjson reads 1.10 (and integers past 64 bits) as floats: a change holding one is read again
     by the exact parser, whatever the table's columns were when the session started."""
-    from consumer.lake import parse_change, parse_message
+    from consumer.sources.postgres.lake import parse_change, parse_message
 
     ints = b'{"action":"I","columns":[{"name":"c0","type":"bigint","value":-9223372036854775808},' \
            b'{"name":"c1","type":"bigint","value":9223372036854775807},{"name":"c2","type":"text","value":"\\u00e9"}]}'

@@ -225,7 +225,7 @@ def test_a_crashed_cdc_consumer_is_restarted_and_its_error_redacted(env: Env, mo
     """An unexpected exception in the consumer thread (a bug, a change it cannot handle) ends the thread
     with its traceback logged, and nothing of a password its text may quote; the supervisor restarts
     it. The consumer is replaced by one that crashes once: no user action makes the real one crash."""
-    import consumer.replicate as rep
+    import consumer.sources.postgres.replicate as rep
     from consumer.pipeline import Pipeline
 
     secret = "s3cr3t-Pa55"

@@ -17,9 +17,7 @@ idempotent and LSN-ordered, so a replay of a half-applied transaction is harmles
 from __future__ import annotations
 
 import logging
-import os
 import select
-import signal
 import struct
 import threading
 import time
@@ -34,32 +32,15 @@ from psycopg import pq, sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
+from ... import landing, metrics
+from ...faults import crashpoint
+from ...landing import LandingBatch, stage, tombstone_source, write_batch
 from . import lake as lakemod
-from . import metrics
 from .lake import ChangeConverter, LakeTable, int_to_lsn, lsn_to_int
-from .landing import LandingBatch, stage, tombstone_source, write_batch
 
 log = logging.getLogger(__name__)
 
 _PG_EPOCH = 946684800.0  # 2000-01-01 in Unix time: the replication protocol's clock origin
-
-
-def _crashpoints() -> dict[str, int]:
-    """Fault injection for the crash tests: PAYNORM_CRASHPOINT=after_commit:3 kills the process
-    (SIGKILL, no cleanup) the 3rd time it reaches that point. Unset in production."""
-    spec = os.environ.get("PAYNORM_CRASHPOINT", "")
-    name, _, count = spec.partition(":")
-    return {name: int(count or 1)} if name else {}
-
-
-_CRASH = _crashpoints()
-
-
-def crashpoint(name: str) -> None:
-    if name in _CRASH:
-        _CRASH[name] -= 1
-        if _CRASH[name] <= 0:
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 class FenceLost(RuntimeError):
@@ -293,18 +274,9 @@ class Applier:
     def _write(self, job: _Job) -> _Committed:
         """The writer thread: the batch and the new position in ONE warehouse transaction."""
         started = time.monotonic()
+        position = _SlotPosition(self.slot, job.position, job.position_ts, advance=job.position > self._written_lsn)
         with self.pool.connection() as conn:
-            with conn.transaction():
-                self.fence.check(conn)
-                written = job.work(conn)
-                if job.position > self._written_lsn:
-                    conn.execute(
-                        "update paynorm.replication_state set applied_lsn = %s::pg_lsn,"
-                        " rows_applied = rows_applied + %s, last_commit_at = coalesce(%s::timestamptz, last_commit_at),"
-                        " updated_at = now() where slot_name = %s",
-                        (int_to_lsn(job.position), written, job.position_ts, self.slot),
-                    )
-                crashpoint("before_commit")
+            written = landing.commit(conn, job.work, position, fence=self.fence)
         crashpoint("after_commit")  # the warehouse has the data; the lake has not been told yet
         self._written_lsn = max(self._written_lsn, job.position)
         return _Committed(job, written, time.monotonic() - started)
@@ -335,6 +307,26 @@ class Applier:
         with self.pool.connection() as conn:
             conn.execute("update paynorm.replication_state set confirmed_lsn = %s::pg_lsn, updated_at = now()"
                          " where slot_name = %s", (int_to_lsn(lsn), self.slot))
+
+
+@dataclass
+class _SlotPosition:
+    """The CDC checkpoint: the end LSN of the last lake transaction a batch completes, saved in the
+    batch's landing commit (confirmed to the slot only after it, by ``on_commit``)."""
+
+    slot: str
+    position: int
+    position_ts: str | None
+    advance: bool  # false when the batch only finishes a transaction already counted
+
+    def save(self, conn: psycopg.Connection, rows: int) -> None:
+        if self.advance:
+            conn.execute(
+                "update paynorm.replication_state set applied_lsn = %s::pg_lsn,"
+                " rows_applied = rows_applied + %s, last_commit_at = coalesce(%s::timestamptz, last_commit_at),"
+                " updated_at = now() where slot_name = %s",
+                (int_to_lsn(self.position), rows, self.position_ts, self.slot))
+        crashpoint("before_commit")
 
 
 @dataclass

@@ -13,7 +13,7 @@ import orjson
 import psycopg
 from psycopg import conninfo, sql
 
-from .landing import PAYLOAD_COLUMN_CANDIDATES, LandingRow, encode_json_value, encode_text_value
+from ...landing import PAYLOAD_COLUMN_CANDIDATES, LandingRow, encode_json_value, encode_text_value
 
 log = logging.getLogger(__name__)
 

@@ -36,14 +36,14 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from ... import landing, metrics
+from ...errors import ConfigError, TransientError, require_dsn
+from ...landing import LandingBatch, init_warehouse
+from ...landing.connection import check_connection, open_pool
+from ...secrets import redact_dsn
+from ...settings import Settings
+from .. import run_source
 from . import lake as lakemod
-from . import landing, metrics
-from .errors import ConfigError, TransientError, require_dsn
-from .landing import LandingBatch, init_warehouse
-from .replicate import check_connection, open_pool
-from .secrets import redact_dsn
-from .settings import Settings
-from .sources import run_source
 
 log = logging.getLogger(__name__)
 

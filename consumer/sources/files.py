@@ -67,11 +67,11 @@ from typing import Any, BinaryIO, Callable, Iterator, TextIO
 
 import psycopg
 
-from . import landing, metrics
-from .cdc import crashpoint
-from .errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, PaynormError, TransientError, require_dsn
-from .jsonutil import dumps_exact
-from .landing import (  # the landing's own staging table and upsert: files land exactly like CDC rows
+from .. import landing, metrics
+from ..errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, PaynormError, TransientError, require_dsn
+from ..faults import crashpoint
+from ..jsonutil import dumps_exact
+from ..landing import (  # the landing's own staging table and upsert: files land exactly like CDC rows
     PAYLOAD_COLUMN_CANDIDATES,
     STAGED_COLUMNS,
     STAGING_DDL,
@@ -82,9 +82,9 @@ from .landing import (  # the landing's own staging table and upsert: files land
     init_warehouse,
     staged_records,
 )
-from .secrets import redact_dsn
-from .settings import Settings
-from .sources import run_source
+from ..secrets import redact_dsn
+from ..settings import Settings
+from . import run_source
 
 log = logging.getLogger(__name__)
 

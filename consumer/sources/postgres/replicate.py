@@ -11,21 +11,21 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from ...errors import (EXIT_CONFIG, EXIT_FENCED, EXIT_OK, EXIT_SLOT_LOST, ConfigError, FencedError, PaynormError,
+                       SlotLostError, require_dsn)
+from ...landing import init_warehouse
+from ...landing.connection import check_connection, open_pool
+from ...secrets import redact_dsn
+from ...settings import Settings
+from .. import run_source
 from . import lake as lakemod
 from .cdc import (Applier, ApplyStats, Fence, FenceLost, ReplicationState, SqlTransport, StreamTransport,
                   load_state, record_relation)
-from .landing import init_warehouse
-from .errors import (EXIT_CONFIG, EXIT_FENCED, EXIT_OK, EXIT_SLOT_LOST, ConfigError, FencedError, PaynormError,
-                     SlotLostError, require_dsn)
-from .retry import RetryPolicy
-from .secrets import redact_dsn
-from .settings import Settings
 from .snapshot import run_snapshot
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EXIT_OK", "EXIT_SLOT_LOST", "EXIT_FENCED", "EXIT_CONFIG", "ReplicateResult", "replicate", "open_pool",
-           "check_connection"]
+__all__ = ["EXIT_OK", "EXIT_SLOT_LOST", "EXIT_FENCED", "EXIT_CONFIG", "ReplicateResult", "replicate"]
 
 
 @dataclass
@@ -33,24 +33,6 @@ class ReplicateResult:
     exit_code: int
     message: str = ""
     stats: ApplyStats | None = None
-
-
-def _configure(conn: psycopg.Connection) -> None:
-    """Session settings of every landing connection, before it first touches its temp table:
-    - jit off: the upsert's estimated cost crosses jit_above_cost, and compiling it costs more
-      (~17 ms a batch, measured) than it saves on 10k rows;
-    - temp_buffers 64MB: a 10k-row staging table (~15 MB) otherwise spills to disk at every batch."""
-    conn.execute("set jit = off")
-    conn.execute("set temp_buffers = '64MB'")
-
-
-def open_pool(dsn: str, max_size: int = 4) -> ConnectionPool:
-    """The warehouse pool: opened explicitly, connections checked before use (the warehouse may restart)."""
-    pool = ConnectionPool(dsn, min_size=1, max_size=max_size, open=False, check=ConnectionPool.check_connection,
-                          configure=_configure, kwargs={"autocommit": True, "application_name": "paynorm"},
-                          name="warehouse")
-    pool.open(wait=True, timeout=30)
-    return pool
 
 
 def _prepare(settings: Settings, pool: ConnectionPool, fence: Fence, lake_conn: psycopg.Connection,
@@ -97,8 +79,8 @@ def _prepare(settings: Settings, pool: ConnectionPool, fence: Fence, lake_conn: 
 
 def replicate(settings: Settings, *, once: bool = False, resnapshot: bool = False,
               stop: threading.Event | None = None, max_attempts: int | None = None) -> ReplicateResult:
-    """Run the consumer until stopped (or drained, with ``once``), through the one retry policy
-    (consumer/retry.py): a permanent problem (bad DSN, authentication, role, privilege, table)
+    """Run the consumer until stopped (or drained, with ``once``), its reconnects owned by
+    ``sources.run_source`` (the one retry policy, consumer/retry.py): a permanent problem (bad DSN, authentication, role, privilege, table)
     ends it at once with exit code 4; a transient one (lake or warehouse down) is retried with
     back-off until ``settings.retry_for`` (bounded by default with ``once``), then exit code 1."""
     stop = stop or threading.Event()
@@ -113,9 +95,6 @@ def replicate(settings: Settings, *, once: bool = False, resnapshot: bool = Fals
         return ReplicateResult(e.exit_code, str(e))
     log.info("replicating %s from %s into %s (slot %s, transport %s)", settings.table,
              redact_dsn(settings.lake_dsn), redact_dsn(settings.warehouse_dsn), settings.slot, settings.transport)
-    policy = RetryPolicy.for_run(once=once, retry_for=settings.retry_for, max_backoff=settings.max_backoff,
-                                 secrets=(settings.lake_dsn, settings.warehouse_dsn))
-    policy.max_attempts = max_attempts
     fence = Fence(settings.warehouse_dsn, settings.slot)
     state: dict[str, Any] = {"pool": None, "resnapshot": resnapshot}
 
@@ -136,8 +115,12 @@ def replicate(settings: Settings, *, once: bool = False, resnapshot: bool = Fals
         finally:
             state["resnapshot"] = False  # a retry resumes the snapshot rather than starting it again
 
+    stats = ApplyStats()
     try:
-        stats = policy.run(attempt, stop=stop, what="replicate", on_retry=fence.release)
+        # one session runs until stopped (or drained, with once); run_source owns its reconnects
+        for stats in run_source(settings, attempt, once=once, stop=stop, what="replicate", on_retry=fence.release,
+                                max_attempts=max_attempts):
+            pass
         return ReplicateResult(EXIT_OK, stats=stats)
     except PaynormError as e:
         return ReplicateResult(e.exit_code, str(e))
@@ -168,11 +151,6 @@ def _acquire_or_stand_by(fence: Fence, *, once: bool, stop: threading.Event, wai
                 return False
 
 
-def check_connection(dsn: str) -> None:
-    """Connect once (and close): a permanent problem (bad DSN, password, role, database) raises
-    here, classified, instead of a connection pool retrying it in the background."""
-    with psycopg.connect(dsn, autocommit=True, connect_timeout=10):
-        pass
 
 
 def _session(settings: Settings, pool: ConnectionPool, fence: Fence, *, once: bool, resnapshot: bool,

@@ -14,16 +14,18 @@ import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from . import metrics
-from .cdc import Fence, ReplicationState, crashpoint
+from ... import landing, metrics
+from ...faults import crashpoint
+from ...landing import LandingBatch, stage, tombstone_source
+from .cdc import Fence, ReplicationState
 from .lake import KEYSET_ALIAS, LakeTable, keyset_columns, pk_params, rows_from_text, text_select_list
-from .landing import LandingBatch, stage, tombstone_source, write_batch
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,23 @@ def _select_chunk(table: LakeTable, has_cursor: bool) -> sql.Composed:
     return query + sql.SQL(" order by {} limit %s").format(sql.SQL(", ").join(pk))
 
 
+@dataclass
+class _SnapshotCursor:
+    """The snapshot's checkpoint: the keyset cursor after a chunk (None: the snapshot is done)."""
+
+    slot: str
+    cursor: list[str] | None
+    done: int
+
+    def save(self, conn: psycopg.Connection, rows: int) -> None:
+        if self.cursor is None:
+            conn.execute("update paynorm.replication_state set snapshot_done = true, snapshot_last_key = null,"
+                         " snapshot_rows = %s, updated_at = now() where slot_name = %s", (self.done, self.slot))
+        else:
+            conn.execute("update paynorm.replication_state set snapshot_last_key = %s, snapshot_rows = %s,"
+                         " updated_at = now() where slot_name = %s", (json.dumps(self.cursor), self.done, self.slot))
+
+
 def run_snapshot(lake_conn: psycopg.Connection, pool: ConnectionPool, fence: Fence, table: LakeTable,
                  state: ReplicationState, *, source: str, chunk: int, max_payload_bytes: int,
                  stop: threading.Event) -> int | None:
@@ -88,13 +107,7 @@ def run_snapshot(lake_conn: psycopg.Connection, pool: ConnectionPool, fence: Fen
     def write_chunk(records: list[tuple[Any, ...]], cursor: list[str], done: int) -> int:
         """The writer thread: one chunk and the keyset cursor after it, in one warehouse transaction."""
         with pool.connection() as conn:
-            with conn.transaction():
-                fence.check(conn)
-                write_batch(conn, None, records, source=source)
-                conn.execute(
-                    "update paynorm.replication_state set snapshot_last_key = %s, snapshot_rows = %s,"
-                    " updated_at = now() where slot_name = %s",
-                    (json.dumps(cursor), done, state.slot_name))
+            landing.commit(conn, records, _SnapshotCursor(state.slot_name, cursor, done), fence=fence, source=source)
         metrics.ROWS_LANDED.labels("S").inc(len(records))
         crashpoint("snapshot_chunk")
         return done
@@ -138,12 +151,8 @@ def run_snapshot(lake_conn: psycopg.Connection, pool: ConnectionPool, fence: Fen
         log.info("snapshot interrupted after %s rows; it resumes at the next start", f"{done:,}")
         return None
     with pool.connection() as conn:
-        with conn.transaction():
-            fence.check(conn)
-            # Rows landed before this snapshot that it did not see were deleted while we were not looking.
-            gone = tombstone_source(conn, source, before_lsn=lsn, op="S")
-            conn.execute(
-                "update paynorm.replication_state set snapshot_done = true, snapshot_last_key = null,"
-                " snapshot_rows = %s, updated_at = now() where slot_name = %s", (done, state.slot_name))
+        # Rows landed before this snapshot that it did not see were deleted while we were not looking.
+        gone = landing.commit(conn, lambda c: tombstone_source(c, source, before_lsn=lsn, op="S"),
+                              _SnapshotCursor(state.slot_name, None, done), fence=fence)
     log.info("snapshot done: %s rows landed%s", f"{done:,}", f", {gone:,} stale rows tombstoned" if gone else "")
     return done - start
