@@ -34,8 +34,11 @@ dev-down: install
 demo: install postgres
 	@bash scripts/demo.sh
 
+# Two workers (pytest-xdist): each starts its own lake and warehouse clusters; most tests wait on
+# PostgreSQL, dbt or a child process, so two halve the wall time on two cores. TEST_WORKERS=0: serial.
+TEST_WORKERS ?= 2
 test: install postgres
-	$(BIN)/python -m pytest -q -rs $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -rs -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # Labelled real payloads: the shared corpus when this checkout sits beside it, else the copy in tests/corpus.
 CORPUS ?= $(firstword $(wildcard ../shared/corpus/real_payloads.jsonl) tests/corpus/real_payloads.jsonl)

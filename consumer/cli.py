@@ -353,7 +353,9 @@ def poll(settings: Settings, once: bool | None, interval: float | None, table: s
 @click.option("--source", type=click.Choice(["cdc", "poll", "files"]), default="cdc", show_default=True,
               help="Where rows come from: logical replication, keyset polling, or files.")
 @click.option("--path", "files_uri", default=None, help="Folder or s3://bucket/prefix for --source files.")
-@click.option("--attempts", type=int, default=3, show_default=True, help="Tries per failing stage (with back-off).")
+@click.option("--attempts", type=int, default=3, show_default=True,
+              help="Tries per failing dbt or LLM stage (with back-off); the land stage's source retries on its own "
+                   "until --retry-for.")
 @click.option("--metrics-port", type=int, default=None, help="Serve Prometheus /metrics on this port.")
 @click.option("--metrics-addr", default="0.0.0.0", show_default=True, help="Address for /metrics.")
 @retry_option

@@ -108,6 +108,7 @@ class Pipeline:
         self.stream_stop = threading.Event()
         self.stream_result: Any = None
         self._stream_restarts = 0
+        self._stream_started = 0.0
         self._secrets = (settings.lake_dsn, settings.warehouse_dsn)
 
     # -- bookkeeping ------------------------------------------------------------------------------
@@ -145,9 +146,11 @@ class Pipeline:
 
     # -- stages -----------------------------------------------------------------------------------
 
-    def _stage(self, name: str, fn: Callable[[], tuple[int | None, str]]) -> StageResult:
-        """Run one stage with retries and back-off; never raises. A permanent problem (consumer/errors.py:
-        bad DSN, password, privilege, a fenced or lost slot) is not retried: ``res.exit_code`` says it."""
+    def _stage(self, name: str, fn: Callable[[], tuple[int | None, str]], attempts: int | None = None) -> StageResult:
+        """Run one stage with retries and back-off (``attempts``, default --attempts); never raises. A
+        permanent problem (consumer/errors.py: bad DSN, password, privilege, a fenced or lost slot) is not
+        retried: ``res.exit_code`` says it."""
+        attempts = attempts or self.attempts
         res = StageResult(name)
         started = time.monotonic()
         log.info("stage %s: starting", name)
@@ -162,12 +165,12 @@ class Pipeline:
             except Exception as e:  # noqa: BLE001 - a stage failure is reported and retried, never fatal
                 err = classify(e, secrets=self._secrets) if isinstance(e, (psycopg.Error, PaynormError)) else e
                 res.outcome, res.error = "failed", (str(err).strip().splitlines() or [type(e).__name__])[0][:500]
-                log.warning("stage %s failed (attempt %d/%d): %s", name, res.attempts, self.attempts, res.error)
+                log.warning("stage %s failed (attempt %d/%d): %s", name, res.attempts, attempts, res.error)
                 log.debug("%s", traceback.format_exc())
                 if isinstance(err, PaynormError) and err.exit_code not in (EXIT_OK, EXIT_FAILED):
                     res.exit_code = err.exit_code  # permanent: retrying cannot help
                     break
-                if res.attempts >= self.attempts or self.stop.is_set():
+                if res.attempts >= attempts or self.stop.is_set():
                     break
                 self.stop.wait(delay)
                 delay *= 2
@@ -182,7 +185,7 @@ class Pipeline:
                 return None, self._supervise()
             from .sources.postgres.replicate import replicate
 
-            r = replicate(s, once=True, stop=self.stop, max_attempts=self.attempts)
+            r = replicate(s, once=True, stop=self.stop)
             if r.exit_code:
                 raise _error_for(r.exit_code, r.message)
             rows = (r.stats.rows_written + r.stats.snapshot_rows) if r.stats else 0
@@ -190,7 +193,7 @@ class Pipeline:
         if self.source == "poll":
             from .sources.postgres.poll import poll
 
-            p = poll(s, once=True, stop=self.stop, max_attempts=self.attempts)
+            p = poll(s, once=True, stop=self.stop)
             if p.stopped:
                 raise StageFailed(f"poll interrupted after {p.rows_read} rows read; the pass did not end")
             return p.rows_written, f"{p.rows_read} rows read"
@@ -253,7 +256,8 @@ class Pipeline:
                 result.outcome = "stopped"
                 result.stages.append(StageResult(name, outcome="skipped"))
                 continue
-            stage = self._stage(name, fn)
+            # the land stage is tried once: its source owns reconnects (run_source, --retry-for)
+            stage = self._stage(name, fn, attempts=1 if name == "land" else None)
             result.stages.append(stage)
             if stage.outcome == "failed":
                 result.outcome = "failed"
@@ -284,6 +288,7 @@ class Pipeline:
             if self.stream_result.exit_code:
                 log.error("CDC consumer stopped: %s", self.stream_result.message)
 
+        self._stream_started = time.monotonic()
         self.streamer = threading.Thread(target=target, name="cdc-consumer", daemon=True)
         self.streamer.start()
 
@@ -297,7 +302,10 @@ class Pipeline:
         non-zero: never a live process that lands nothing."""
         assert self.streamer is not None
         if self.streamer.is_alive():
-            self._stream_restarts = 0  # alive at this cycle: restarts count "in a row"
+            # restarts count "in a row": a consumer alive for longer than it can fail without ending
+            # (its retry deadline and one back-off) has worked since its restart
+            if time.monotonic() - self._stream_started > (self.settings.retry_for or 0) + self.settings.max_backoff:
+                self._stream_restarts = 0
             return "streaming"
         result = self.stream_result
         code = getattr(result, "exit_code", EXIT_FAILED)
