@@ -178,3 +178,19 @@ def insert_rows(conn: psycopg.Connection, n: int, *, start: int = 0, payload: st
 
 
 __all__ = ["Env", "insert_rows", "Decimal", "sql"]
+
+
+def scram_role(cluster: Any, role: str, password: str, *, replication: bool = False) -> str:
+    """A login role of ``cluster`` that must authenticate with scram (the test clusters trust every
+    other role), for tests of wrong passwords; idempotent."""
+    hba = Path(cluster.datadir) / "pg_hba.conf"
+    line = f"host all {role} 127.0.0.1/32 scram-sha-256\n"
+    text = hba.read_text()
+    if line not in text:
+        hba.write_text(line + text)
+    with cluster.connect() as conn:
+        conn.execute("select pg_reload_conf()")
+        if not conn.execute("select 1 from pg_roles where rolname = %s", (role,)).fetchone():
+            conn.execute(sql.SQL("create role {} login {} password {}").format(
+                sql.Identifier(role), sql.SQL("replication" if replication else ""), sql.Literal(password)))
+    return role

@@ -9,17 +9,15 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from pathlib import Path
 from urllib.parse import quote
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from consumer.errors import ConfigError, TransientError, classify, require_dsn
 from consumer.secrets import redact_dsn, redact_error
 
-from .conftest import REPO, Env, insert_rows
+from .conftest import REPO, Env, insert_rows, scram_role
 
 PW_ROLE = "pw_check"
 # passwords that broke the regex redaction: an unencoded %, @, a space, an escaped quote
@@ -45,17 +43,13 @@ def _kv(env: Env, user: str, password: str, db: str) -> str:
 
 @pytest.fixture
 def pw_role(env: Env) -> str:
-    """A warehouse role that must authenticate with scram (the test clusters trust everyone else)."""
-    hba = Path(env.wh.datadir) / "pg_hba.conf"
-    line = f"host all {PW_ROLE} 127.0.0.1/32 scram-sha-256\n"
-    text = hba.read_text()
-    if line not in text:
-        hba.write_text(line + text)
-    with env.wh.connect() as conn:
-        conn.execute("select pg_reload_conf()")
-        if not conn.execute("select 1 from pg_roles where rolname = %s", (PW_ROLE,)).fetchone():
-            conn.execute(sql.SQL("create role {} login password 'the-right-one'").format(sql.Identifier(PW_ROLE)))
-    return PW_ROLE
+    return scram_role(env.wh, PW_ROLE, "the-right-one")
+
+
+@pytest.fixture
+def lake_pw_role(env: Env) -> str:
+    """The same role on the lake cluster: its errors are recorded in the warehouse."""
+    return scram_role(env.lake, PW_ROLE, "the-right-one", replication=True)
 
 
 # -- pure logic ---------------------------------------------------------------------------------------
@@ -119,22 +113,6 @@ def test_wrong_password_exits_4_at_once_and_never_shows(env: Env, pw_role: str, 
             assert "Traceback" not in out and "password authentication failed" in out, out
             for form in (password, quote(password, safe=""), *[w for w in password.split() if len(w) >= 4]):
                 assert form not in out, (form, out)
-
-
-@pytest.fixture
-def lake_pw_role(env: Env) -> str:
-    """The same scram role on the lake cluster: its errors are recorded in the warehouse."""
-    hba = Path(env.lake.datadir) / "pg_hba.conf"
-    line = f"host all {PW_ROLE} 127.0.0.1/32 scram-sha-256\n"
-    text = hba.read_text()
-    if line not in text:
-        hba.write_text(line + text)
-    with env.lake.connect() as conn:
-        conn.execute("select pg_reload_conf()")
-        if not conn.execute("select 1 from pg_roles where rolname = %s", (PW_ROLE,)).fetchone():
-            conn.execute(sql.SQL("create role {} login replication password 'the-right-one'").format(
-                sql.Identifier(PW_ROLE)))
-    return PW_ROLE
 
 
 @pytest.mark.parametrize("password", PASSWORDS)

@@ -7,18 +7,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import quote
 
 import pytest
-from psycopg import sql
 
 import consumer.sources.postgres.poll as pollmod
 from consumer.errors import ConfigError, TransientError
 from consumer.sources.postgres.poll import PollResult, poll
 
-from .conftest import Env, insert_rows
+from .conftest import Env, insert_rows, scram_role
 
 
 def _bounded(run: Callable[[threading.Event], PollResult], timeout: float = 30.0) -> PollResult:
@@ -161,17 +159,8 @@ PASSWORD = "the-right-one"
 @pytest.fixture
 def pw_role(env: Env) -> Iterator[str]:
     """A role that must authenticate with scram on both clusters (the test clusters trust the others)."""
-    for cluster, db in ((env.lake, env.lake_db), (env.wh, env.wh_db)):
-        hba = Path(cluster.datadir) / "pg_hba.conf"
-        line = f"host all {PW_ROLE} 127.0.0.1/32 scram-sha-256\n"
-        text = hba.read_text()
-        if line not in text:
-            hba.write_text(line + text)
-        with cluster.connect() as conn:
-            conn.execute("select pg_reload_conf()")
-            if not conn.execute("select 1 from pg_roles where rolname = %s", (PW_ROLE,)).fetchone():
-                conn.execute(sql.SQL("create role {} login password {}").format(sql.Identifier(PW_ROLE),
-                                                                               sql.Literal(PASSWORD)))
+    for cluster in (env.lake, env.wh):
+        scram_role(cluster, PW_ROLE, PASSWORD)
     yield PW_ROLE
 
 

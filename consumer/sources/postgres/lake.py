@@ -263,13 +263,15 @@ def rows_from_text(table: LakeTable, records: list[tuple[Any, ...]], *, op: str,
 
 
 def column_type(conn: psycopg.Connection, table: LakeTable, column: str) -> tuple[str, str] | None:
-    """(schema, type name) of a column, for casting parameters to it; None if there is no such column."""
+    """(schema, type name) of a column, domains resolved to their base type; None if there is no
+    such column. Looked up by schema and table name, so names that need quoting work."""
     row = conn.execute(
-        "select tn.nspname, t.typname from pg_attribute a join pg_type t on t.oid = a.atttypid"
+        "select tn.nspname, t.typname from pg_attribute a"
+        " join pg_class c on c.oid = a.attrelid join pg_namespace n on n.oid = c.relnamespace"
+        " join pg_type d on d.oid = a.atttypid"
+        " join pg_type t on t.oid = case when d.typtype = 'd' then d.typbasetype else d.oid end"
         " join pg_namespace tn on tn.oid = t.typnamespace"
-        " where a.attrelid = (select c.oid from pg_class c join pg_namespace n on n.oid = c.relnamespace"
-        "                     where n.nspname = %s and c.relname = %s)"
-        " and a.attname = %s and not a.attisdropped",
+        " where n.nspname = %s and c.relname = %s and a.attname = %s and a.attnum > 0 and not a.attisdropped",
         (table.schema, table.name, column)).fetchone()
     return (row[0], row[1]) if row else None
 

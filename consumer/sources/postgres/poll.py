@@ -93,7 +93,7 @@ class Poller:
         except lakemod.LakeError as e:
             raise ConfigError(str(e)) from e
         names = {c.name for c in self.table.columns}
-        self.ts_type = _base_type(conn, self.table, self.watermark_column)
+        self.ts_type = lakemod.column_type(conn, self.table, self.watermark_column)
         if self.mark_processed:
             if "processed" not in names:
                 raise PollError(f"--mark-processed needs a `processed` column in {self.table.qualified}")
@@ -236,20 +236,6 @@ class _Watermark:
             " watermark = excluded.watermark, rows_landed = s.rows_landed + excluded.rows_landed,"
             " updated_at = now()",
             (self.lake_table, self.watermark, rows))
-
-
-def _base_type(conn: psycopg.Connection, table: lakemod.LakeTable, column: str) -> tuple[str, str] | None:
-    """(schema, type name) of a column, domains resolved to their base type; None if there is no
-    such column. Looked up by schema and table name, so names that need quoting work."""
-    row = conn.execute(
-        "select tn.nspname, t.typname from pg_attribute a"
-        " join pg_class c on c.oid = a.attrelid join pg_namespace n on n.oid = c.relnamespace"
-        " join pg_type d on d.oid = a.atttypid"
-        " join pg_type t on t.oid = case when d.typtype = 'd' then d.typbasetype else d.oid end"
-        " join pg_namespace tn on tn.oid = t.typnamespace"
-        " where n.nspname = %s and c.relname = %s and a.attname = %s and a.attnum > 0 and not a.attisdropped",
-        (table.schema, table.name, column)).fetchone()
-    return (row[0], row[1]) if row else None
 
 
 class _Connections:
