@@ -79,9 +79,11 @@ class _Group(click.Group):
 @click.option("--log-format", type=click.Choice(["human", "json"]), default=None,
               help="Log format (env PAYNORM_LOG_FORMAT, default human).")
 @click.option("--log-level", default=None, help="Log level (env PAYNORM_LOG_LEVEL, default INFO).")
-@click.option("--env-file", default=".env", show_default=True, help="Optional KEY=VALUE file read first.")
+@click.option("--env-file", default=None,
+              help="KEY=VALUE file read first (never overriding the environment); default: ./.env if it exists. "
+                   "A file named here must exist.")
 @click.pass_context
-def cli(ctx: click.Context, log_format: str | None, log_level: str | None, env_file: str) -> None:
+def cli(ctx: click.Context, log_format: str | None, log_level: str | None, env_file: str | None) -> None:
     """paynorm: land a PostgreSQL payment lake in a warehouse exactly once, and normalize it.
 
     \b
@@ -90,8 +92,8 @@ def cli(ctx: click.Context, log_format: str | None, log_level: str | None, env_f
         paynorm replicate --once
         paynorm status
     """
-    load_dotenv(env_file)
-    settings = Settings()
+    load_dotenv(env_file or ".env", required=env_file is not None)
+    settings = Settings()  # a setting that does not parse is a ConfigError naming its variable (exit 4)
     _configure_logging(log_format or settings.log_format, log_level or settings.log_level)
     ctx.obj = settings
 

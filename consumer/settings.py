@@ -10,6 +10,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 def _bool(value: str | None, default: bool) -> bool:
@@ -18,10 +19,32 @@ def _bool(value: str | None, default: bool) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
-def load_dotenv(path: str | os.PathLike[str] = ".env") -> None:
-    """Read KEY=VALUE lines (optionally prefixed by ``export``) into os.environ, without overriding."""
+def _number(variable: str, default: str, kind: type[int] | type[float]) -> Any:
+    """A numeric setting; a value that is not a number is a ConfigError naming the variable (exit 4)."""
+    text = os.environ.get(variable, default)
+    try:
+        value = kind(text)
+    except ValueError:
+        from .errors import ConfigError
+
+        raise ConfigError(f"{variable} must be {'an integer' if kind is int else 'a number'}, "
+                          f"not {text!r}") from None
+    if value < 0:
+        from .errors import ConfigError
+
+        raise ConfigError(f"{variable} must not be negative, not {text!r}")
+    return value
+
+
+def load_dotenv(path: str | os.PathLike[str] = ".env", *, required: bool = False) -> None:
+    """Read KEY=VALUE lines (optionally prefixed by ``export``; ``#`` starts a comment outside quotes)
+    into os.environ, without overriding. A missing file is skipped unless ``required``."""
     p = Path(path)
     if not p.is_file():
+        if required:
+            from .errors import ConfigError
+
+            raise ConfigError(f"env file {str(p)!r} not found")
         return
     for line in p.read_text().splitlines():
         line = line.strip()
@@ -29,8 +52,14 @@ def load_dotenv(path: str | os.PathLike[str] = ".env") -> None:
             continue
         line = re.sub(r"^export\s+", "", line)
         key, sep, value = line.partition("=")
-        if sep:
-            os.environ.setdefault(key.strip(), value.strip().strip("'\""))
+        if not sep:
+            continue
+        value = value.strip()
+        if value[:1] in ("'", '"') and value[0] in value[1:]:
+            value = value[1:value.index(value[0], 1)]  # quoted: taken as written, up to the closing quote
+        else:
+            value = re.sub(r"\s+#.*$", "", value)  # an unquoted value ends where a comment starts
+        os.environ.setdefault(key.strip(), value)
 
 
 @dataclass
@@ -40,7 +69,7 @@ class Settings:
     # DSN of the warehouse database where raw.lake_transactions and the dbt models live.
     warehouse_dsn: str = field(default_factory=lambda: os.environ.get("DATABASE_URL", ""))
     # Seconds between polls of the slot in continuous mode (the brief's name).
-    interval: float = field(default_factory=lambda: float(os.environ.get("POLL_INTERVAL_SECONDS", "5")))
+    interval: float = field(default_factory=lambda: _number("POLL_INTERVAL_SECONDS", "5", float))
     # Drain once and exit (cron / Kubernetes CronJob), the brief's name.
     run_once: bool = field(default_factory=lambda: _bool(os.environ.get("RUN_ONCE"), False))
     # Logical replication slot on the lake; one slot per lake table.
@@ -50,23 +79,23 @@ class Settings:
     # Lake column holding the heterogeneous payload; empty = first of data, transaction_data, payload.
     payload_column: str = field(default_factory=lambda: os.environ.get("PAYNORM_PAYLOAD_COLUMN", ""))
     # Changes per warehouse transaction (a huge lake transaction is applied in chunks of this size).
-    batch_size: int = field(default_factory=lambda: int(os.environ.get("PAYNORM_BATCH_SIZE", "10000")))
+    batch_size: int = field(default_factory=lambda: _number("PAYNORM_BATCH_SIZE", "10000", int))
     # CDC transport: 'stream' (replication protocol) or 'sql' (peek + advance, for proxies).
     transport: str = field(default_factory=lambda: os.environ.get("PAYNORM_TRANSPORT", "stream"))
     # Rows per keyset chunk of the initial snapshot.
-    snapshot_chunk: int = field(default_factory=lambda: int(os.environ.get("PAYNORM_SNAPSHOT_CHUNK", "20000")))
+    snapshot_chunk: int = field(default_factory=lambda: _number("PAYNORM_SNAPSHOT_CHUNK", "20000", int))
     # Payloads larger than this many bytes are landed undecoded, with a decode_error.
     max_payload_bytes: int = field(
-        default_factory=lambda: int(os.environ.get("PAYNORM_MAX_PAYLOAD_BYTES", str(1024 * 1024)))
+        default_factory=lambda: _number("PAYNORM_MAX_PAYLOAD_BYTES", str(1024 * 1024), int)
     )
     # Seconds between standby status updates sent to the lake on the stream transport.
-    status_interval: float = field(default_factory=lambda: float(os.environ.get("PAYNORM_STATUS_INTERVAL", "10")))
+    status_interval: float = field(default_factory=lambda: _number("PAYNORM_STATUS_INTERVAL", "10", float))
     # Longest back-off between reconnect attempts when the lake or the warehouse is down.
-    max_backoff: float = field(default_factory=lambda: float(os.environ.get("PAYNORM_MAX_BACKOFF", "30")))
+    max_backoff: float = field(default_factory=lambda: _number("PAYNORM_MAX_BACKOFF", "30", float))
     # Seconds a transient problem (lake or warehouse unreachable) is retried before the command fails
     # (exit 1); 0 = forever. Unset: forever in continuous mode, 60 s with --once (cron must see it end).
     retry_for: float | None = field(
-        default_factory=lambda: float(os.environ["PAYNORM_RETRY_FOR"]) if os.environ.get("PAYNORM_RETRY_FOR") else None)
+        default_factory=lambda: _number("PAYNORM_RETRY_FOR", "", float) if os.environ.get("PAYNORM_RETRY_FOR") else None)
     # Log format: 'human' or 'json'.
     log_format: str = field(default_factory=lambda: os.environ.get("PAYNORM_LOG_FORMAT", "human"))
     # Log level name.
@@ -83,23 +112,23 @@ class Settings:
     # true: rules that pass validation are active at once; false: left 'proposed' for `paynorm mappings review`.
     llm_auto_activate: bool = field(default_factory=lambda: _bool(os.environ.get("PAYNORM_LLM_AUTO_ACTIVATE"), True))
     # Seconds before one LLM HTTP request is abandoned (then retried like a 5xx).
-    llm_timeout: float = field(default_factory=lambda: float(os.environ.get("PAYNORM_LLM_TIMEOUT", "60")))
+    llm_timeout: float = field(default_factory=lambda: _number("PAYNORM_LLM_TIMEOUT", "60", float))
     # Retries of one request after a 429, a 5xx, a timeout or a connection error (then the shape waits).
-    llm_max_retries: int = field(default_factory=lambda: int(os.environ.get("PAYNORM_LLM_MAX_RETRIES", "3")))
+    llm_max_retries: int = field(default_factory=lambda: _number("PAYNORM_LLM_MAX_RETRIES", "3", int))
     # First back-off in seconds between retries; doubled each time (a Retry-After header wins, capped at 60 s).
-    llm_backoff: float = field(default_factory=lambda: float(os.environ.get("PAYNORM_LLM_BACKOFF", "1")))
+    llm_backoff: float = field(default_factory=lambda: _number("PAYNORM_LLM_BACKOFF", "1", float))
     # Most HTTP requests one run of the step may make (retries and repair rounds included).
-    llm_max_calls: int = field(default_factory=lambda: int(os.environ.get("PAYNORM_LLM_MAX_CALLS", "50")))
+    llm_max_calls: int = field(default_factory=lambda: _number("PAYNORM_LLM_MAX_CALLS", "50", int))
     # Most tokens (prompt + completion) one run of the step may spend.
-    llm_max_tokens: int = field(default_factory=lambda: int(os.environ.get("PAYNORM_LLM_MAX_TOKENS", "300000")))
+    llm_max_tokens: int = field(default_factory=lambda: _number("PAYNORM_LLM_MAX_TOKENS", "300000", int))
     # Completion tokens allowed per request (max_completion_tokens).
     llm_max_output_tokens: int = field(
-        default_factory=lambda: int(os.environ.get("PAYNORM_LLM_MAX_OUTPUT_TOKENS", "4096"))
+        default_factory=lambda: _number("PAYNORM_LLM_MAX_OUTPUT_TOKENS", "4096", int)
     )
     # Redacted sample rows sent per shape (distinct raw status values first).
-    llm_samples: int = field(default_factory=lambda: int(os.environ.get("PAYNORM_LLM_SAMPLES", "5")))
+    llm_samples: int = field(default_factory=lambda: _number("PAYNORM_LLM_SAMPLES", "5", int))
     # Share of a shape's rows a proposed rule must turn into a canonical status (and valid amounts, currencies).
-    llm_min_coverage: float = field(default_factory=lambda: float(os.environ.get("PAYNORM_LLM_MIN_COVERAGE", "0.95")))
+    llm_min_coverage: float = field(default_factory=lambda: _number("PAYNORM_LLM_MIN_COVERAGE", "0.95", float))
     # -- the files source (`paynorm load`, consumer/sources/files.py) --
     # Folder or s3://bucket/prefix loaded when none is given on the command line (`paynorm run --source files`).
     files_path: str = field(default_factory=lambda: os.environ.get("PAYNORM_FILES_PATH", ""))
@@ -111,10 +140,10 @@ class Settings:
     files_format: str = field(default_factory=lambda: os.environ.get("PAYNORM_FILES_FORMAT", "auto"))
     # Larger files are not downloaded and fail with a clear error (a file commits in one warehouse transaction).
     files_max_bytes: int = field(
-        default_factory=lambda: int(os.environ.get("PAYNORM_FILES_MAX_BYTES", str(512 * 1024 * 1024)))
+        default_factory=lambda: _number("PAYNORM_FILES_MAX_BYTES", str(512 * 1024 * 1024), int)
     )
     # Records decoded and staged per chunk while a file streams in (memory), before its single commit.
-    files_chunk: int = field(default_factory=lambda: int(os.environ.get("PAYNORM_FILES_CHUNK", "5000")))
+    files_chunk: int = field(default_factory=lambda: _number("PAYNORM_FILES_CHUNK", "5000", int))
     # true: the files ARE the lake's own export, so a file record may rewrite, revive or tombstone a row
     # CDC or poll landed; false (default): a record with the id of another source's row leaves it alone.
     files_are_lake_export: bool = field(

@@ -1,0 +1,53 @@
+"""Settings are checked when they are read: a value that does not parse names its variable and
+exits 4 (never a traceback); .env files take comments; an env file named on the command line must
+exist. Pure logic and the CLI through CliRunner: no database needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from consumer.cli import cli
+from consumer.errors import ConfigError
+from consumer.settings import Settings, load_dotenv
+
+
+@pytest.mark.parametrize("variable, value", [("PAYNORM_BATCH_SIZE", "10k"), ("POLL_INTERVAL_SECONDS", "five"),
+                                             ("PAYNORM_RETRY_FOR", "1m"), ("PAYNORM_MAX_BACKOFF", "-3")])
+def test_a_bad_number_names_its_variable(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=variable):
+        Settings()
+    out = CliRunner().invoke(cli, ["replicate", "--once"], env={variable: value})
+    assert out.exit_code == 4 and variable in out.output and "Traceback" not in out.output, out.output
+
+
+def test_dotenv_comments_quotes_and_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for v in ("PAYNORM_BATCH_SIZE", "PAYNORM_SLOT", "PAYNORM_LAKE_TABLE"):
+        monkeypatch.delenv(v, raising=False)
+    env = tmp_path / ".env"
+    env.write_text("# settings for the lake\n"
+                   "PAYNORM_BATCH_SIZE=500   # rows per warehouse commit\n"
+                   "export PAYNORM_SLOT='slot # one'\n"
+                   'PAYNORM_LAKE_TABLE="public.raw_transactions"  # the table\n')
+    load_dotenv(env)
+    s = Settings()
+    assert (s.batch_size, s.slot, s.table) == (500, "slot # one", "public.raw_transactions")
+
+
+def test_dotenv_never_overrides_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PAYNORM_BATCH_SIZE", "700")
+    env = tmp_path / ".env"
+    env.write_text("PAYNORM_BATCH_SIZE=500\n")
+    load_dotenv(env)
+    assert Settings().batch_size == 700
+
+
+def test_a_named_env_file_must_exist(tmp_path: Path) -> None:
+    out = CliRunner().invoke(cli, ["--env-file", str(tmp_path / "missing.env"), "status"])
+    assert out.exit_code == 4 and "not found" in out.output and "Traceback" not in out.output, out.output
+    with pytest.raises(ConfigError):
+        load_dotenv(tmp_path / "missing.env", required=True)
+    load_dotenv(tmp_path / "missing.env")  # the default ./.env is optional
