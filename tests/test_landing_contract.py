@@ -159,6 +159,24 @@ def test_a_landing_transaction_that_commits_late_is_normalized(env: Env, wh: psy
         + counts["normalization_pending"]
 
 
+def test_a_warehouse_built_before_the_commit_horizon_existed_upgrades(env: Env, wh: psycopg.Connection,
+                                                                      home: Path) -> None:
+    """An incremental table built by an older paynorm has no build_xmin: the next build adds the
+    column and places every row (then the horizon takes over)."""
+    land(wh, _fixture_rows("old", 4))
+    assert transform.transform(env.wh_dsn, home=home).success
+    wh.execute(f"alter table {transform.DEFAULT_SCHEMA}_intermediate.int_transactions_normalized"  # noqa: S608
+               " drop column build_xmin cascade")  # an older build: no column, no views on it
+    land(wh, _fixture_rows("new", 3))
+    res = transform.transform(env.wh_dsn, home=home)
+    assert res.success, res.summary()
+    assert {f"old-{i}" for i in range(4)} | {f"new-{i}" for i in range(3)} <= _keys_placed(wh)
+    land(wh, _fixture_rows("newer", 2))
+    res = transform.transform(env.wh_dsn, home=home)
+    assert res.success, res.summary()
+    assert _placed(wh)["live"] == 9 and len(_keys_placed(wh)) == 9
+
+
 def test_builds_under_a_writer_that_never_stops_pass_their_conservation_test(env: Env, wh: psycopg.Connection,
                                                                              home: Path) -> None:
     """A continuous `run` lands while dbt builds: the conservation test checks what the build saw,

@@ -26,7 +26,12 @@
 {%- set watermark = none -%}
 {%- set prev_xmin = none -%}
 {%- if execute and is_incremental() -%}
-    {%- set marks = run_query("select coalesce(max(load_seq), 0), max(build_xmin) from " ~ this).rows[0] -%}
+    {#- a table built before build_xmin existed gets the column from this build (sync_all_columns);
+        until then there is no horizon and the load_seq lookback below applies -#}
+    {%- set has_xmin = adapter.get_columns_in_relation(this) | selectattr('name', 'equalto', 'build_xmin')
+                       | list | length > 0 -%}
+    {%- set marks = run_query("select coalesce(max(load_seq), 0), "
+                              ~ ("max(build_xmin)" if has_xmin else "null") ~ " from " ~ this).rows[0] -%}
     {%- set watermark = marks[0] -%}
     {%- set prev_xmin = marks[1] -%}
 {%- endif %}
