@@ -351,7 +351,9 @@ def poll(settings: Settings, once: bool | None, interval: float | None, table: s
 
 @cli.command()
 @click.option("--once", is_flag=True, default=None, help="One cycle, then exit; non-zero if a stage failed (env RUN_ONCE).")
-@click.option("--interval", type=float, default=None, help="Seconds between cycles (env POLL_INTERVAL_SECONDS).")
+@click.option("--interval", type=float, default=None,
+              help="Seconds between continuous cycles (env PAYNORM_CYCLE_INTERVAL_SECONDS, 300); the CDC consumer "
+                   "streams in between (its own poll interval: POLL_INTERVAL_SECONDS).")
 @click.option("--source", type=click.Choice(["cdc", "poll", "files"]), default="cdc", show_default=True,
               help="Where rows come from: logical replication, keyset polling, or files.")
 @click.option("--path", "files_uri", default=None, help="Folder or s3://bucket/prefix for --source files.")
@@ -382,13 +384,13 @@ def run(settings: Settings, once: bool | None, interval: float | None, source: s
 
     _need(settings, "warehouse_dsn", *(("lake_dsn",) if source != "files" else ()))
     if interval is not None:
-        settings.interval = interval
+        settings.cycle_interval = interval
     if metrics_port is not None:
         from . import metrics
 
         metrics.serve(settings, metrics_port, metrics_addr)
     pipeline = Pipeline(settings, source=source, files_uri=files_uri, stop=_stop_on_signals(), attempts=attempts)
-    sys.exit(pipeline.run(once=settings.run_once if once is None else once, interval=settings.interval))
+    sys.exit(pipeline.run(once=settings.run_once if once is None else once, interval=settings.cycle_interval))
 
 
 @cli.command()

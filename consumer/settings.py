@@ -151,6 +151,9 @@ class Settings:
     # S3-compatible endpoint (MinIO...); empty = AWS (boto3 also reads AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL).
     s3_endpoint_url: str = field(default_factory=lambda: os.environ.get("PAYNORM_S3_ENDPOINT_URL", ""))
     # -- the pipeline (`paynorm run`, consumer/pipeline.py) --
+    # Seconds between continuous `paynorm run` cycles (dbt, LLM step, marts); the CDC consumer streams
+    # in between, and POLL_INTERVAL_SECONDS stays the consumer's own poll interval.
+    cycle_interval: float = field(default_factory=lambda: _number("PAYNORM_CYCLE_INTERVAL_SECONDS", "300", float))
     # dbt project to build; empty = the one shipped in this repository (your own fork of the models works too).
     dbt_project_dir: str = field(default_factory=lambda: os.environ.get("PAYNORM_DBT_PROJECT_DIR", ""))
     # Folder of mapping rule files synced before each build; empty = the built-in rules.

@@ -51,3 +51,25 @@ def test_a_named_env_file_must_exist(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         load_dotenv(tmp_path / "missing.env", required=True)
     load_dotenv(tmp_path / "missing.env")  # the default ./.env is optional
+
+
+def test_the_cycle_interval_is_not_the_consumer_poll_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plain continuous `paynorm run` must not build dbt every POLL_INTERVAL_SECONDS (5 s)."""
+    from consumer.pipeline import Pipeline
+
+    for v in ("PAYNORM_CYCLE_INTERVAL_SECONDS", "POLL_INTERVAL_SECONDS"):
+        monkeypatch.delenv(v, raising=False)
+    s = Settings()
+    assert (s.cycle_interval, s.interval) == (300, 5)
+    seen: list[tuple[float, float]] = []
+
+    def record(self: Pipeline, *, once: bool, interval: float) -> int:  # the cycles themselves are tested elsewhere
+        seen.append((interval, self.settings.interval))
+        return 0
+
+    monkeypatch.setattr(Pipeline, "run", record)
+    env = {"DATABASE_URL": "postgresql://wh@127.0.0.1:1/wh", "DATALAKE_DATABASE_URL": "postgresql://l@127.0.0.1:1/l"}
+    for args, expected in ((["run"], (300, 5)), (["run", "--interval", "60"], (60, 5))):
+        out = CliRunner().invoke(cli, args, env=env)
+        assert out.exit_code == 0, out.output
+        assert seen.pop() == expected
