@@ -27,6 +27,9 @@ from consumer import devdb
 from consumer.jsonutil import loads_exact
 from consumer.settings import Settings
 
+#: Fixtures shared by several test modules, registered once (session fixtures start once per worker).
+pytest_plugins = ["tests.dbt_fixtures", "tests.files_fixtures"]
+
 REPO = Path(__file__).resolve().parent.parent
 _counter = itertools.count(1)
 

@@ -1,6 +1,7 @@
 """Shared helpers of the dbt tests: a private PostgreSQL cluster, landing rows, provider fixtures.
 
-Not a conftest: test modules import what they need (``from tests.dbt_fixtures import ...``).
+Its fixtures are registered once by tests/conftest.py (``pytest_plugins``); test modules import the
+helpers they need (``from tests.dbt_fixtures import ...``).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from consumer import rules
-from tests.dbt_fixtures import (CHECKED_COLUMNS, Warehouse, dbt_tmp, land, landing_row, load_fixtures,  # noqa: F401
+from tests.dbt_fixtures import (CHECKED_COLUMNS, Warehouse, land, landing_row, load_fixtures,  # noqa: F401
                                 make_warehouse, marts_schema, intermediate_schema)
 
 FIXTURES = load_fixtures()

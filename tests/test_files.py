@@ -16,7 +16,7 @@ import time
 import uuid
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -27,79 +27,12 @@ from consumer.cli import cli
 from consumer.sources.postgres.replicate import replicate
 
 from .conftest import Env, insert_rows
+from .files_fixtures import AWS_ENV, LocalFiles, S3Files
 
 boto3 = pytest.importorskip("boto3")
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 moto_server = pytest.importorskip("moto.server")
-
-AWS_ENV = {"AWS_ACCESS_KEY_ID": "paynorm-test", "AWS_SECRET_ACCESS_KEY": "paynorm-test-secret",
-           "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-# -- stores -----------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in AWS_ENV.items():
-            mp.setenv(k, v)
-        for k in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
-            mp.delenv(k, raising=False)
-        yield f"http://{host}:{port}"
-    server.stop()
-
-
-class LocalFiles:
-    kind = "local"
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.uri = str(root)
-        self.endpoint = ""
-
-    def put(self, rel: str, data: bytes) -> None:
-        path = self.root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-
-    def key(self, rel: str) -> str:
-        return str((self.root / rel).resolve())
-
-    def cli_args(self) -> list[str]:
-        return [self.uri]
-
-
-class S3Files:
-    kind = "s3"
-
-    def __init__(self, endpoint: str) -> None:
-        self.endpoint = endpoint
-        self.bucket = f"lake-{uuid.uuid4().hex[:12]}"
-        self.client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-        self.client.create_bucket(Bucket=self.bucket)
-        self.uri = f"s3://{self.bucket}/exports"
-
-    def put(self, rel: str, data: bytes) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=f"exports/{rel}", Body=data)
-
-    def key(self, rel: str) -> str:
-        return f"s3://{self.bucket}/exports/{rel}"
-
-    def cli_args(self) -> list[str]:
-        return [self.uri, "--endpoint-url", self.endpoint]
-
-
-@pytest.fixture(params=["local", "s3"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> LocalFiles | S3Files:
-    if request.param == "local":
-        return LocalFiles(tmp_path / "lake")
-    return S3Files(request.getfixturevalue("s3_endpoint"))
-
 
 def run_load(env: Env, store: LocalFiles | S3Files, **kw: Any) -> files.LoadResult:
     settings = env.settings(**kw.pop("settings", {}))

@@ -28,19 +28,8 @@ from consumer.sources import files
 from consumer.cli import cli
 
 from .conftest import Env
-from .test_files import (  # noqa: F401 - s3_endpoint and store are fixtures used here
-    LocalFiles,
-    S3Files,
-    bare,
-    envelope,
-    jdump,
-    jsonl,
-    landed,
-    run_load,
-    s3_endpoint,
-    store,
-    tracking,
-)
+from .files_fixtures import LocalFiles, S3Files
+from .test_files import bare, envelope, jdump, jsonl, landed, run_load, tracking
 
 
 def _old(root: Path) -> None:

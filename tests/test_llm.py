@@ -32,7 +32,7 @@ from consumer.pipeline import LLM_INPUT_MODELS
 from consumer.cli import cli
 from consumer.devdb import setup_warehouse
 from consumer.settings import Settings
-from tests.dbt_fixtures import (WAREHOUSE_SQL, Warehouse, dbt_tmp, land, landing_row,  # noqa: F401, F811
+from tests.dbt_fixtures import (WAREHOUSE_SQL, Warehouse, land, landing_row,  # noqa: F401, F811
                                 load_fixtures, make_warehouse, marts_schema)
 from tests.openai_stub import OpenAIStub, Reply, by_shape
 

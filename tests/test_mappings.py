@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from consumer import rules
-from tests.dbt_fixtures import Warehouse, dbt_tmp, make_warehouse  # noqa: F401
+from tests.dbt_fixtures import Warehouse, make_warehouse  # noqa: F401
 
 
 @pytest.fixture(scope="module")
