@@ -203,8 +203,8 @@ class Pipeline:
         if f.exit_code == EXIT_FAILED:
             raise StageFailed(f"file load failed (exit {f.exit_code}); see paynorm.processed_files")
         if f.exit_code:
-            raise _error_for(f.exit_code, getattr(f, "message", "") or f"file load failed (exit {f.exit_code})")
-        return getattr(f.stats, "rows_landed", None), "files loaded"
+            raise _error_for(f.exit_code, f.message or f"file load failed (exit {f.exit_code})")
+        return f.stats.rows_landed, "files loaded"
 
     def _dbt(self, select: list[str], extra: list[str], sync_rules: bool) -> Callable[[], tuple[int | None, str]]:
         def run() -> tuple[int | None, str]:

@@ -13,7 +13,7 @@ from typing import Callable, TypeVar
 
 import tenacity
 
-from .errors import ConfigError, PaynormError, TransientError, classify
+from .errors import PaynormError, TransientError, classify
 
 __all__ = ["RetryPolicy", "ONCE_DEFAULT_DEADLINE"]
 
@@ -49,13 +49,13 @@ class RetryPolicy:
 
     @classmethod
     def for_run(cls, *, once: bool, retry_for: float | None, max_backoff: float,
-                secrets: tuple[str, ...] = ()) -> "RetryPolicy":
+                secrets: tuple[str, ...] = (), max_attempts: int | None = None) -> "RetryPolicy":
         """The policy of a command: ``retry_for`` when given (0 = forever), else bounded in --once."""
         if retry_for is not None:
             deadline = None if retry_for <= 0 else retry_for
         else:
             deadline = ONCE_DEFAULT_DEADLINE if once else None
-        return cls(deadline, max_backoff, secrets=secrets)
+        return cls(deadline, max_backoff, secrets=secrets, max_attempts=max_attempts)
 
     def run(self, attempt: Callable[[], T], *, stop: threading.Event | None = None, what: str = "paynorm",
             on_retry: Callable[[], None] | None = None) -> T:
@@ -94,8 +94,6 @@ class RetryPolicy:
             if not stop.is_set() and (self.deadline is not None or self.max_attempts):
                 raise TransientError(f"{e} (gave up after retrying; --retry-for / PAYNORM_RETRY_FOR sets for how "
                                      f"long)") from e
-            raise
-        except ConfigError:
             raise
 
 

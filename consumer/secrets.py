@@ -12,7 +12,7 @@ from psycopg import conninfo as _conninfo
 __all__ = ["redact_dsn", "dsn_password", "redact_error", "url_userinfo_is_ambiguous"]
 
 _MASK = "***"
-_AUTHORITY = re.compile(r"([^/?]*)(.*)", re.S)  # a URL's rest after "://": (authority, path and query)
+_AUTHORITY = re.compile(r"[^/?]*")  # a URL's authority: its rest after "://" up to the path or query
 
 
 def dsn_password(dsn: str) -> str | None:
@@ -27,9 +27,8 @@ def dsn_password(dsn: str) -> str | None:
 
 
 def _url_password(dsn: str) -> str | None:
-    if url_userinfo_is_ambiguous(dsn):  # the password as the user meant it: up to the last @
-        userinfo = _AUTHORITY.match(dsn.partition("://")[2]).group(1).rsplit("@", 1)[0]  # type: ignore[union-attr]
-        return unquote(userinfo.split(":", 1)[1]) if ":" in userinfo else None
+    """The password of a URL as the user meant it: urlsplit ends the userinfo at the LAST @ of the
+    authority (libpq, at the first)."""
     try:
         parts = urlsplit(dsn)
     except ValueError:
@@ -43,7 +42,7 @@ def url_userinfo_is_ambiguous(dsn: str) -> bool:
     scheme, sep, rest = dsn.partition("://")
     if not sep or not scheme.startswith("postgres"):
         return False
-    return _AUTHORITY.match(rest).group(1).count("@") > 1  # type: ignore[union-attr]
+    return _AUTHORITY.match(rest).group(0).count("@") > 1  # type: ignore[union-attr]
 
 
 def redact_dsn(dsn: str) -> str:
@@ -51,11 +50,8 @@ def redact_dsn(dsn: str) -> str:
     and options kept). A DSN that cannot be parsed is reduced to what cannot hold a secret."""
     if not dsn:
         return dsn
-    if url_userinfo_is_ambiguous(dsn):  # everything up to the last @ may be the password
-        scheme, _, rest = dsn.partition("://")
-        authority, tail = _AUTHORITY.match(rest).groups()  # type: ignore[union-attr]
-        user = authority.split("@", 1)[0].split(":", 1)[0]
-        return f"{scheme}://{user}:{_MASK}@{authority.rsplit('@', 1)[1]}{tail.split('?', 1)[0]}"
+    if url_userinfo_is_ambiguous(dsn):  # everything up to the last @ may be the password: libpq would misread it
+        return _redact_url(dsn)
     try:
         params = _conninfo.conninfo_to_dict(dsn)
     except Exception:  # noqa: BLE001 - libpq cannot read it: a URL still parses as a URL

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
+
 
 def _bool(value: str | None, default: bool) -> bool:
     if value is None or value == "":
@@ -25,14 +27,9 @@ def _number(variable: str, default: str, kind: type[int] | type[float]) -> Any:
     try:
         value = kind(text)
     except ValueError:
-        from .errors import ConfigError
-
-        raise ConfigError(f"{variable} must be {'an integer' if kind is int else 'a number'}, "
-                          f"not {text!r}") from None
-    if value < 0:
-        from .errors import ConfigError
-
-        raise ConfigError(f"{variable} must not be negative, not {text!r}")
+        value = None
+    if value is None or value < 0:
+        raise ConfigError(f"{variable} must be a {'whole ' if kind is int else ''}number of 0 or more, not {text!r}")
     return value
 
 
@@ -42,8 +39,6 @@ def load_dotenv(path: str | os.PathLike[str] = ".env", *, required: bool = False
     p = Path(path)
     if not p.is_file():
         if required:
-            from .errors import ConfigError
-
             raise ConfigError(f"env file {str(p)!r} not found")
         return
     for line in p.read_text().splitlines():

@@ -27,6 +27,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from consumer import rules
 from consumer.resources import project_dir
+from consumer.secrets import redact_error
 
 log = logging.getLogger(__name__)
 
@@ -134,12 +135,10 @@ def _pgoptions(existing: str | None) -> str:
 
 
 @contextlib.contextmanager
-def _secret_env(password: str) -> Iterator[None]:
-    """The password (and the session settings, SESSION_SETTINGS) in the environment for the
-    duration of one dbt call."""
-    saved = {k: os.environ.get(k) for k in (PASSWORD_ENV, "PGOPTIONS")}
-    os.environ[PASSWORD_ENV] = password
-    os.environ["PGOPTIONS"] = _pgoptions(saved["PGOPTIONS"])
+def _env(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in the environment for the duration of one dbt call, then what was there before."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
     try:
         yield
     finally:
@@ -148,6 +147,11 @@ def _secret_env(password: str) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _secret_env(password: str) -> contextlib.AbstractContextManager[None]:
+    """The password (and the session settings, SESSION_SETTINGS) in the environment of one dbt call."""
+    return _env({PASSWORD_ENV: password, "PGOPTIONS": _pgoptions(os.environ.get("PGOPTIONS"))})
 
 
 @contextlib.contextmanager
@@ -163,20 +167,6 @@ def _home_lock(home: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def _extra_env(values: dict[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def run_dbt(dsn: str, args: Sequence[str], *, home: str | Path = ".paynorm", schema: str = DEFAULT_SCHEMA,
@@ -212,11 +202,7 @@ def _run_dbt_locked(dsn: str, args: Sequence[str], *, home: Path, schema: str, t
         uid = getattr(node, "unique_id", None) or str(node)
         rows = (getattr(r, "adapter_response", None) or {}).get("rows_affected")
         nodes.append(NodeResult(uid, str(getattr(r.status, "value", r.status)), getattr(r, "message", None), rows))
-    exc = None
-    if res.exception is not None:
-        exc = str(res.exception)
-        if password:
-            exc = exc.replace(password, "****")
+    exc = redact_error(str(res.exception), (password,)) if res.exception is not None else None
     return TransformResult(bool(res.success), list(args), nodes, exc)
 
 
@@ -253,13 +239,13 @@ def compile_inline(dsn: str, inline_sql: str, *, home: str | Path = ".paynorm", 
                str(home / "dbt" / "target-inline"), "--log-path", str(home / "dbt" / "logs")]
         if vars:
             cmd += ["--vars", json.dumps(vars)]
-        with _secret_env(password), _extra_env(env or {}), contextlib.redirect_stdout(io.StringIO()):
+        with _secret_env(password), _env(env or {}), contextlib.redirect_stdout(io.StringIO()):
             res = dbtRunner().invoke(cmd)  # `compile` prints the SQL on stdout: ours to run, not to show
     results = getattr(res.result, "results", None) or []
     code = getattr(getattr(results[0], "node", None), "compiled_code", None) if results else None
     if not res.success or not code:
         exc = str(res.exception) if res.exception is not None else "dbt compile --inline failed"
-        raise TransformError(exc.replace(password, "****") if password else exc)
+        raise TransformError(redact_error(exc, (password,)))
     return code
 
 

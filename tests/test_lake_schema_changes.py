@@ -63,6 +63,11 @@ class Running:
     def ended(self) -> bool:
         return not self.thread.is_alive()
 
+    def wait_for_snapshot(self, env: Env, rows: int | None = None) -> None:
+        """Until the snapshot is done (and ``rows`` rows landed), or replicate ended."""
+        wait_for("the snapshot", lambda: snapshot_done(env) and (rows is None or len(env.landed()) == rows)
+                 or self.ended())
+
     def finish(self, timeout: float = 60.0) -> ReplicateResult:
         self.stop.set()
         self.thread.join(timeout)
@@ -129,7 +134,7 @@ def test_numeric_column_added_mid_stream_lands_exactly(env: Env, transport: str)
         before = insert_rows(lake, 5)
     run = Running(env, transport=transport)
     try:
-        wait_for("the snapshot", lambda: snapshot_done(env) and len(env.landed()) == 5 or run.ended())
+        run.wait_for_snapshot(env, rows=5)
         with env.lake_conn() as lake:
             lake.execute("alter table public.raw_transactions add column fee numeric")
             new = insert_rows(lake, 3, start=100)
@@ -201,7 +206,7 @@ def test_rename_away_and_back_while_streaming(env: Env) -> None:
         insert_rows(lake, 5)
     run = Running(env, transport="stream")
     try:
-        wait_for("the snapshot", lambda: snapshot_done(env) or run.ended())
+        run.wait_for_snapshot(env)
         time.sleep(1.5)
         at_rename = current_lsn(env)
         with env.lake_conn() as lake:
@@ -251,7 +256,7 @@ def test_drop_and_recreate_while_streaming(env: Env) -> None:
         insert_rows(lake, 4)
     run = Running(env, transport="sql")
     try:
-        wait_for("the snapshot", lambda: snapshot_done(env) or run.ended())
+        run.wait_for_snapshot(env)
         at_drop = current_lsn(env)
         with env.lake_conn() as lake:
             lake.execute("drop table public.raw_transactions")
@@ -272,7 +277,7 @@ def test_ddl_that_keeps_the_table_does_not_stop_the_consumer(env: Env) -> None:
         insert_rows(lake, 4)
     run = Running(env, transport="stream")
     try:
-        wait_for("the snapshot", lambda: snapshot_done(env) or run.ended())
+        run.wait_for_snapshot(env)
         with env.lake_conn() as lake:
             for ddl in ("grant select on public.raw_transactions to lake_reader",
                         "create index on public.raw_transactions (source)",
@@ -321,7 +326,7 @@ def test_payload_column_renamed_mid_stream_is_resolved_again(env: Env, transport
         ids = insert_rows(lake, 3)
     run = Running(env, transport=transport)
     try:
-        wait_for("the snapshot", lambda: snapshot_done(env) and len(env.landed()) == 3 or run.ended())
+        run.wait_for_snapshot(env, rows=3)
         with env.lake_conn() as lake:
             lake.execute("alter table public.raw_transactions rename column data to payload")
             lake.execute("update public.raw_transactions set payload = '{\"status\": \"chargeback\"}'"
@@ -344,7 +349,7 @@ def test_payload_column_renamed_mid_stream_without_a_fit_stops(env: Env) -> None
         ids = insert_rows(lake, 3)
     run = Running(env, transport="stream")
     try:
-        wait_for("the snapshot", lambda: snapshot_done(env) and len(env.landed()) == 3 or run.ended())
+        run.wait_for_snapshot(env, rows=3)
         with env.lake_conn() as lake:
             lake.execute("alter table public.raw_transactions rename column data to body")
             lake.execute("update public.raw_transactions set body = '{\"status\": \"x\"}' where id = %s::uuid",
@@ -398,7 +403,7 @@ def test_replica_identity_set_to_nothing_while_streaming_stops(env: Env) -> None
         ids = insert_rows(lake, 3)
     run = Running(env, transport="stream")
     try:
-        wait_for("the snapshot", lambda: snapshot_done(env) or run.ended())
+        run.wait_for_snapshot(env)
         at_alter = current_lsn(env)
         with env.lake_conn() as lake:
             lake.execute("alter table public.raw_transactions replica identity nothing")

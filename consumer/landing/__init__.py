@@ -11,22 +11,23 @@ from .table import (
     PAYLOAD_COLUMN_CANDIDATES,
     STAGED_COLUMNS,
     STAGING_DDL,
-    UPSERT_FROM_STAGING,
-    UPSERT_FROM_STAGING_AS_LAKE_EXPORT,
     LandingBatch,
     LandingRow,
     encode_json_value,
     encode_text_value,
     init_warehouse,
     stage,
+    staged_owned_elsewhere,
     staged_records,
     tombstone_source,
+    tombstone_unstaged,
+    upsert_staged,
     write_batch,
 )
 
 __all__ = [
     "Checkpoint", "Fence", "commit",
-    "PAYLOAD_COLUMN_CANDIDATES", "STAGED_COLUMNS", "STAGING_DDL", "UPSERT_FROM_STAGING",
-    "UPSERT_FROM_STAGING_AS_LAKE_EXPORT", "LandingBatch", "LandingRow", "encode_json_value", "encode_text_value",
-    "init_warehouse", "stage", "staged_records", "tombstone_source", "write_batch",
+    "PAYLOAD_COLUMN_CANDIDATES", "STAGED_COLUMNS", "STAGING_DDL", "LandingBatch", "LandingRow", "encode_json_value",
+    "encode_text_value", "init_warehouse", "stage", "staged_owned_elsewhere", "staged_records", "tombstone_source",
+    "tombstone_unstaged", "upsert_staged", "write_batch",
 ]

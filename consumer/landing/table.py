@@ -267,11 +267,10 @@ def write_batch(conn: psycopg.Connection, batch: LandingBatch | None, records: l
     assert source is not None
     if not records:
         return 0
-    upsert = UPSERT_FROM_STAGING_AS_LAKE_EXPORT if files_are_lake_export else UPSERT_FROM_STAGING
     conn.execute(STAGING_DDL)
     try:
         with conn.transaction():
-            return _upsert(conn, records, source, upsert)
+            return _upsert(conn, records, source, files_are_lake_export)
     except _ROW_ERRORS as e:
         log.warning("batch refused by the warehouse (%s); landing its rows one by one",
                     str(e).strip().splitlines()[0])
@@ -279,31 +278,78 @@ def write_batch(conn: psycopg.Connection, batch: LandingBatch | None, records: l
     for rec in records:
         try:
             with conn.transaction():
-                written += _upsert(conn, [rec], source, upsert, clear=True)
+                written += _upsert(conn, [rec], source, files_are_lake_export, clear=True)
         except _ROW_ERRORS as e:
             reason = f"landing refused the row: {str(e).strip().splitlines()[0]}"[:300]
             log.warning("lake row %s: %s", rec[0], reason)
             stub = (rec[0], json.dumps({"_paynorm_error": reason}), False, True, None, rec[5] or "text",
                     reason, None, *rec[8:13], None)
             with conn.transaction():
-                written += _upsert(conn, [stub], source, upsert, clear=True)
+                written += _upsert(conn, [stub], source, files_are_lake_export, clear=True)
     return written
 
 
 _ROW_ERRORS = (psycopg.errors.DataError, psycopg.errors.ProgramLimitExceeded)
 
 
-def _upsert(conn: psycopg.Connection, records: Sequence[Sequence[Any]], source: str, upsert: str,
+def _upsert(conn: psycopg.Connection, records: Sequence[Sequence[Any]], source: str, files_are_lake_export: bool,
             clear: bool = False) -> int:
     with conn.cursor() as cur:
         with cur.copy(_COPY) as copy:
             for rec in records:
                 copy.write_row(rec)
-        cur.execute(upsert, {"source": source})
-        n = cur.rowcount
-        if clear:  # the temp table empties itself at commit; within one transaction, do it by hand
-            cur.execute("delete from _paynorm_landing")
-        return n
+    n = upsert_staged(conn, source, files_are_lake_export=files_are_lake_export)
+    if clear:  # the temp table empties itself at commit; within one transaction, do it by hand
+        conn.execute("delete from _paynorm_landing")
+    return n
+
+
+def upsert_staged(conn: psycopg.Connection, source: str, *, files_are_lake_export: bool = False) -> int:
+    """Upsert the records staged in ``_paynorm_landing`` (STAGING_DDL) as ``source``, with source
+    precedence; rows written. ``write_batch`` stages and calls it; a source that streams its records
+    into the staging table itself (a file) calls it once at the end."""
+    upsert = UPSERT_FROM_STAGING_AS_LAKE_EXPORT if files_are_lake_export else UPSERT_FROM_STAGING
+    return conn.execute(upsert, {"source": source}).rowcount
+
+
+#: Staged records whose key is a row another source owns: precedence keeps that row.
+_OWNED_ELSEWHERE = """
+select count(*) from _paynorm_landing s join raw.lake_transactions t on t.lake_key = s.lake_key
+where t.source <> %(source)s
+"""
+
+
+def staged_owned_elsewhere(conn: psycopg.Connection, source: str) -> int:
+    """How many staged records the upsert will leave out because another source owns their row
+    (so the source can say so: precedence keeps rows, it never drops records silently)."""
+    return conn.execute(_OWNED_ELSEWHERE, {"source": source}).fetchone()[0]  # type: ignore[index]
+
+
+# Rows of ``source`` that are not staged (records of a file's older version that the new one no longer
+# has): only rows this very source owns (source = 'file:<key>'), never a row another source (CDC, poll, another file) landed. The
+# owner is checked on the row being updated too, not only in the set difference: when a concurrent
+# writer (the CDC consumer) takes the row over first, the update re-checks its latest version and
+# leaves it alone.
+_TOMBSTONE_UNSTAGED = """
+update raw.lake_transactions t set deleted = true, op = 'F', loaded_at = clock_timestamp(),
+       load_seq = nextval('raw.load_seq')
+from (select lake_key from raw.lake_transactions
+      where source = %(source)s and source like 'file:%%' and not deleted
+      except
+      select lake_key from _paynorm_landing) gone
+where t.lake_key = gone.lake_key and t.source = %(source)s and not t.deleted
+"""
+
+#: Staged records whose id is a row another source owns: precedence keeps that row (logged, not silent).
+_OWNED_ELSEWHERE = """
+select count(*) from _paynorm_landing s join raw.lake_transactions t on t.lake_key = s.lake_key
+where t.source <> %(source)s
+"""
+
+
+def tombstone_unstaged(conn: psycopg.Connection, source: str) -> int:
+    """Mark deleted every live row of ``source`` whose key is not staged; rows tombstoned."""
+    return conn.execute(_TOMBSTONE_UNSTAGED, {"source": source}).rowcount
 
 
 def tombstone_source(conn: psycopg.Connection, source: str, *, before_lsn: str, op: str,

@@ -30,8 +30,8 @@ def run_source(settings: Settings, one_pass: Callable[[], T], *, once: bool, sto
     The deadline is per pass: it measures consecutive failures, never the run's age."""
     policy = RetryPolicy.for_run(once=once, retry_for=settings.retry_for, max_backoff=settings.max_backoff,
                                  secrets=secrets if secrets is not None
-                                 else tuple(d for d in (settings.lake_dsn, settings.warehouse_dsn) if d))
-    policy.max_attempts = max_attempts
+                                 else tuple(d for d in (settings.lake_dsn, settings.warehouse_dsn) if d),
+                                 max_attempts=max_attempts)
     while not stop.is_set():
         yield policy.run(one_pass, stop=stop, what=what, on_retry=on_retry)
         if once:

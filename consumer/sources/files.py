@@ -75,8 +75,6 @@ from ..landing import (  # the landing's own staging table and upsert: files lan
     PAYLOAD_COLUMN_CANDIDATES,
     STAGED_COLUMNS,
     STAGING_DDL,
-    UPSERT_FROM_STAGING,
-    UPSERT_FROM_STAGING_AS_LAKE_EXPORT,
     LandingBatch,
     LandingRow,
     init_warehouse,
@@ -967,28 +965,6 @@ _STAGE_COPY = f"copy _paynorm_file_stage (ord, {_STAGE_COLUMNS}) from stdin"
 # A key repeated in a file (an envelope id seen twice) keeps its last record, as a re-read would.
 _STAGE_TO_LANDING = (f"insert into _paynorm_landing ({_STAGE_COLUMNS}) select distinct on (lake_key) {_STAGE_COLUMNS}"
                      f" from _paynorm_file_stage order by lake_key, ord desc")
-# Records of an older version of the file that the new version no longer has: only rows this very
-# file owns (source = 'file:<key>'), never a row another source (CDC, poll, another file) landed. The
-# owner is checked on the row being updated too, not only in the set difference: when a concurrent
-# writer (the CDC consumer) takes the row over first, the update re-checks its latest version and
-# leaves it alone.
-_TOMBSTONE_VANISHED = """
-update raw.lake_transactions t set deleted = true, op = 'F', loaded_at = clock_timestamp(),
-       load_seq = nextval('raw.load_seq')
-from (select lake_key from raw.lake_transactions
-      where source = %(source)s and source like 'file:%%' and not deleted
-      except
-      select lake_key from _paynorm_landing) gone
-where t.lake_key = gone.lake_key and t.source = %(source)s and not t.deleted
-"""
-
-#: Staged records whose id is a row another source owns: precedence keeps that row (logged, not silent).
-_OWNED_ELSEWHERE = """
-select count(*) from _paynorm_landing s join raw.lake_transactions t on t.lake_key = s.lake_key
-where t.source <> %(source)s
-"""
-
-
 @dataclass
 class _FileVersion:
     """A file's checkpoint: the version just loaded, marked completed in its landing commit."""
@@ -1175,7 +1151,7 @@ class FileLoader:
         self.stop = stop or threading.Event()
         # The files are the lake's own export: their records may take over rows other sources landed
         # (the landing's source precedence); otherwise a file never touches a row it does not own.
-        self.upsert = UPSERT_FROM_STAGING_AS_LAKE_EXPORT if files_are_lake_export else UPSERT_FROM_STAGING
+        self.files_are_lake_export = files_are_lake_export
 
     # one pass over the store
     def run_pass(self) -> LoadStats:
@@ -1413,19 +1389,15 @@ class FileLoader:
         with conn.cursor() as cur:
             cur.execute(_STAGE_TO_LANDING)
             cur.execute("analyze _paynorm_landing")  # a temp table has no statistics: plan the upsert on real ones
-            if self.upsert is UPSERT_FROM_STAGING:
-                cur.execute(_OWNED_ELSEWHERE, {"source": source})
-                kept = cur.fetchone()[0]  # type: ignore[index]
-                if kept:
-                    log.warning("file %s: %d record(s) carry the id of a row another source (CDC, poll, another "
-                                "file) landed; that row is kept as it is (--files-are-lake-export if these files "
-                                "are the lake's own export)", ref.key, kept)
-            cur.execute(self.upsert, {"source": source})
-            landed = cur.rowcount
-            gone = 0
-            if had_version:  # a set difference (hashed), never a nested loop over the file's rows
-                cur.execute(_TOMBSTONE_VANISHED, {"source": source})
-                gone = cur.rowcount
+        if not self.files_are_lake_export:
+            kept = landing.staged_owned_elsewhere(conn, source)
+            if kept:
+                log.warning("file %s: %d record(s) carry the id of a row another source (CDC, poll, another "
+                            "file) landed; that row is kept as it is (--files-are-lake-export if these files "
+                            "are the lake's own export)", ref.key, kept)
+        landed = landing.upsert_staged(conn, source, files_are_lake_export=self.files_are_lake_export)
+        # records of the previous version that this one no longer has
+        gone = landing.tombstone_unstaged(conn, source) if had_version else 0
         version.sha, version.records, version.landed, version.bad, version.gone = sha, records, landed, bad, gone
         return landed
 
@@ -1484,7 +1456,7 @@ def load(settings: Settings, uri: str | None = None, *, once: bool = True, inter
     except ConfigError as e:
         return LoadResult(e.exit_code, str(e))
     interval = settings.interval if interval is None else interval
-    lake_export = files_are_lake_export or bool(getattr(settings, "files_are_lake_export", False))
+    lake_export = files_are_lake_export or settings.files_are_lake_export
     try:
         store = open_store(uri, prefix=settings.files_prefix if prefix is None else prefix,
                            pattern=settings.files_glob if pattern is None else pattern,
