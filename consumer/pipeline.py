@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import psycopg
 
-from . import metrics
+from .ops import metrics
 from .errors import (EXIT_CONFIG, EXIT_CONSUMER_DOWN, EXIT_FAILED, EXIT_FENCED, EXIT_OK, EXIT_SLOT_LOST, ConfigError, FencedError,
                      PaynormError, SlotLostError, TransientError, classify, require_dsn)
 from .landing import init_warehouse
@@ -165,7 +165,9 @@ class Pipeline:
             except Exception as e:  # noqa: BLE001 - a stage failure is reported and retried, never fatal
                 err = classify(e, secrets=self._secrets) if isinstance(e, (psycopg.Error, PaynormError)) else e
                 res.outcome, res.error = "failed", (str(err).strip().splitlines() or [type(e).__name__])[0][:500]
-                log.warning("stage %s failed (attempt %d/%d): %s", name, res.attempts, attempts, res.error)
+                log.warning("stage %s failed (attempt %d/%d): %s", name, res.attempts, attempts, res.error,
+                            extra={"stage": name, "attempt": res.attempts, "attempts": attempts, "error": res.error,
+                                   "exit_code": err.exit_code if isinstance(err, PaynormError) else None})
                 log.debug("%s", traceback.format_exc())
                 if isinstance(err, PaynormError) and err.exit_code not in (EXIT_OK, EXIT_FAILED):
                     res.exit_code = err.exit_code  # permanent: retrying cannot help
@@ -267,10 +269,14 @@ class Pipeline:
         if result.outcome == "ok" and self.stop.is_set() and any(s.outcome == "skipped" for s in result.stages):
             result.outcome = "stopped"
         self._finish_run(result)
-        if result.outcome == "ok":
-            metrics.LAST_SUCCESS.set_to_current_time()
         metrics.CYCLES.labels(result.outcome).inc()
-        log.info("%s", result.line())
+        metrics.HEALTH.cycle_ended(result.outcome)
+        log.info("%s", result.line(), extra={
+            "run_id": result.run_id, "outcome": result.outcome, "source": self.source,
+            "seconds": round(sum(s.seconds for s in result.stages), 3),
+            "stage_seconds": {s.name: s.seconds for s in result.stages},
+            "stage_outcomes": {s.name: s.outcome for s in result.stages},
+            "stage_rows": {s.name: s.rows for s in result.stages if s.rows is not None}})
         return result
 
     def _start_streamer(self) -> None:
@@ -291,6 +297,11 @@ class Pipeline:
         self._stream_started = time.monotonic()
         self.streamer = threading.Thread(target=target, name="cdc-consumer", daemon=True)
         self.streamer.start()
+        # /healthz and paynorm_cdc_consumer_up follow the thread (503 / 0 while it is down)
+        metrics.HEALTH.consumer_alive = self._consumer_alive
+
+    def _consumer_alive(self) -> bool:
+        return self.streamer is not None and self.streamer.is_alive()
 
     #: Restarts of a CDC consumer that ended unexpectedly, before the process gives up (exit code).
     MAX_STREAM_RESTARTS = 5
@@ -340,6 +351,8 @@ class Pipeline:
     def run(self, *, once: bool, interval: float) -> int:
         """Cycles until stopped; the exit code (0 ok; with --once, 1 when a stage failed; a permanent
         problem, 4 configuration / 3 fenced / 2 slot lost, ends the process in any mode)."""
+        metrics.HEALTH.cycle_interval = interval
+        metrics.CYCLE_INTERVAL.set(interval)
         if once:
             return self.cycle().exit_code
         if self.source == "cdc":

@@ -6,12 +6,13 @@ BIN=.venv/bin
 $BIN/paynorm dev up >/dev/null
 # shellcheck disable=SC1091
 source .paynorm/env
-echo "== lake: the brief's sample records, and a generated lake (every built-in shape, unknown shapes, broken payloads) =="
+echo "== lake: the sample records of the original specification, and a generated lake (every built-in shape, unknown shapes, broken payloads) =="
 $BIN/paynorm dev seed
 $BIN/paynorm demo --generate "${DEMO_RECORDS:-20000}"
 echo "== run --once: replicate (snapshot + stream, exactly once) -> dbt -> LLM step -> dbt marts =="
 $BIN/paynorm run --once 2> .paynorm/demo-run.log >/dev/null || { tail -40 .paynorm/demo-run.log; exit 1; }
-grep -E "consumer\.(replicate|snapshot|pipeline|llm):" .paynorm/demo-run.log | sed -E 's/^[0-9:]+ INFO //'
+grep -E " consumer\.(sources\.postgres\.(replicate|snapshot|cdc)|pipeline): " .paynorm/demo-run.log \
+  | grep -v "stage .*: starting" | sed -E 's/^[^ ]+ INFO //'
 echo "== status =="
 $BIN/paynorm status
 echo "== summary =="

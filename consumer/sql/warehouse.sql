@@ -64,6 +64,11 @@ create table if not exists paynorm.replication_state (
 -- The lake table's identity as the CDC consumer last checked it (OID, row type version, payload column):
 -- a rename, a drop and re-create or a payload column gone stops the consumer before it confirms past it.
 alter table paynorm.replication_state add column if not exists lake_relation jsonb;
+-- How far behind the consumer is, as it last said (a slot it streams from cannot be peeked by others):
+-- the lake commit time of the oldest transaction received and not yet applied (null: all applied),
+-- and when it said so.
+alter table paynorm.replication_state add column if not exists behind_since timestamptz;
+alter table paynorm.replication_state add column if not exists lag_checked_at timestamptz;
 
 -- The files source (`paynorm load`): one row per file key, written in the same transaction as the file's
 -- records. A file is loaded at most once per content version (size + ETag on S3, size + mtime/sha256 locally).

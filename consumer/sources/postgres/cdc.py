@@ -32,7 +32,8 @@ from psycopg import pq, sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from ... import landing, metrics
+from ... import landing
+from ...ops import metrics
 from ...faults import crashpoint
 from ...landing import LandingBatch, stage, tombstone_source, write_batch
 from . import lake as lakemod
@@ -185,6 +186,9 @@ class Applier:
         self._inflight: deque[Future[_Committed]] = deque()
         self.jobs_submitted = 0  # batches handed to the writer
         self.jobs_committed = 0  # of which committed (and reported to on_commit)
+        # (end LSN, commit time) of every lake transaction received and not yet committed here:
+        # the first one's commit time is how far behind the warehouse is (see behind_since)
+        self._unapplied: deque[tuple[int, str | None]] = deque()
 
     def __enter__(self) -> Applier:
         return self
@@ -207,6 +211,8 @@ class Applier:
             self.skip = lsn_to_int(self.txn_lsn) <= self.applied
             if self.skip:
                 self.stats.skipped_transactions += 1
+            else:
+                self._unapplied.append((lsn_to_int(self.txn_lsn), self.txn_ts))
         elif action == "C":
             self.in_txn = False
             if not self.skip:
@@ -291,22 +297,34 @@ class Applier:
         for op, n in job.ops.items():
             metrics.ROWS_LANDED.labels(op).inc(n)
         log.info("batch: %d changes buffered, %d rows written, %d lake transactions, up to %s, %.3fs",
-                 job.changes, done.written, job.transactions, int_to_lsn(max(job.position, self.applied)),
-                 done.seconds)
+                 job.changes, done.written, job.transactions, (lsn := int_to_lsn(max(job.position, self.applied))),
+                 done.seconds, extra={"slot": self.slot, "changes": job.changes, "rows_written": done.written,
+                                      "transactions": job.transactions, "ops": dict(job.ops), "lsn": lsn,
+                                      "seconds": round(done.seconds, 3)})
         self.stats.rows_written += done.written
         self.stats.flushes += 1
         self.stats.transactions += job.transactions
         self.jobs_committed += 1
         if job.position > self.applied:
             self.applied = job.position
+        while self._unapplied and self._unapplied[0][0] <= self.applied:
+            self._unapplied.popleft()
         if self.on_commit is not None:
             self.on_commit(self.applied)
 
-    def record_confirmed(self, lsn: int) -> None:
-        """Remember the position last confirmed to the lake (for `paynorm status`)."""
+    @property
+    def behind_since(self) -> str | None:
+        """Commit time of the oldest lake transaction received but not yet committed in the
+        warehouse; None when everything received is applied."""
+        return self._unapplied[0][1] if self._unapplied else None
+
+    def record_progress(self, confirmed_lsn: int) -> None:
+        """Publish the position last confirmed to the lake and how far behind the consumer is, for
+        `paynorm status` and the metrics of any process (a streamed slot cannot be peeked)."""
         with self.pool.connection() as conn:
-            conn.execute("update paynorm.replication_state set confirmed_lsn = %s::pg_lsn, updated_at = now()"
-                         " where slot_name = %s", (int_to_lsn(lsn), self.slot))
+            conn.execute("update paynorm.replication_state set confirmed_lsn = %s::pg_lsn, behind_since = %s::timestamptz,"
+                         " lag_checked_at = now(), updated_at = now() where slot_name = %s",
+                         (int_to_lsn(confirmed_lsn), self.behind_since, self.slot))
 
 
 @dataclass
@@ -403,7 +421,7 @@ class StreamTransport:
                 pass
             if "is active for PID" not in err or attempt == 49:
                 break
-            time.sleep(0.2)  # a previous session of ours may still be releasing the slot
+            time.sleep(0.2)  # an earlier run of ours may still be releasing the slot
         if res is None or res.status != pq.ExecStatus.COPY_BOTH:
             self.close()
             if "is active for PID" in err:
@@ -503,6 +521,8 @@ class StreamTransport:
                         last_ping = now
                     elif now - self.last_status > self.status_interval:
                         self.send_status(applier.applied if applier.in_txn else max(applier.applied, self.confirmed))
+                    if now - self.last_record > self.status_interval:
+                        self._record(applier)
                     self.wait(0.005 if pending or applier.writer_busy() else 0.2 if once else 1.0)
                     continue
                 kind = msg[:1]
@@ -516,6 +536,7 @@ class StreamTransport:
             # stopping or drained: commit what is in flight (a partial lake transaction is safe to commit)
             applier.flush()
             self.send_status(applier.applied, force=True)
+            self._record(applier)  # the warehouse says what the lake was told, and that it is caught up
             self.close(graceful=True)
         finally:
             self.close()
@@ -533,8 +554,12 @@ class StreamTransport:
         if wal_end > self.confirmed:
             self.send_status(max(applier.applied, wal_end))
             if time.monotonic() - self.last_record > self.status_interval:
-                applier.record_confirmed(self.confirmed)
-                self.last_record = time.monotonic()
+                self._record(applier)
+
+    def _record(self, applier: Applier) -> None:
+        """Publish the confirmed position and the lag (at most every status interval, and at the end)."""
+        applier.record_progress(self.confirmed)
+        self.last_record = time.monotonic()
 
     def _keepalive(self, applier: Applier, wal_end: int, reply: bool) -> None:
         self.server_wal_end = max(self.server_wal_end, wal_end)
@@ -638,7 +663,7 @@ class SqlTransport:
             # record straddling a bound may not have been flushed when it was read.
             if prev_bound is not None and prev_bound > self.confirmed:
                 self._advance(prev_bound)
-                applier.record_confirmed(self.confirmed)
+            applier.record_progress(self.confirmed)  # caught up to the bound: publish it
             if once and prev_bound is not None:
                 break
             prev_bound = lsn_to_int(bound)

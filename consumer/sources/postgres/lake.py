@@ -6,6 +6,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, replace
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, Callable
 
@@ -353,7 +354,7 @@ class TableGuard:
                 "oid_by_name": row[8], "payload_column": self.table.payload_column}
 
     def start(self, recorded: dict[str, Any] | None) -> None:
-        """Check the table against the identity recorded by the last session (None: record it now)."""
+        """Check the table against the identity recorded by the previous run (None: record it now)."""
         if recorded is None:
             self._accept(self.current())
             return
@@ -505,6 +506,24 @@ def slot_info(conn: psycopg.Connection, slot: str) -> dict[str, Any] | None:
     keys = ["slot_name", "plugin", "database", "active", "active_pid", "wal_status", "confirmed_flush_lsn",
             "restart_lsn", "retained_bytes", "lag_bytes", "safe_wal_size"]
     return dict(zip(keys, row))
+
+
+def oldest_unconfirmed_change(conn: psycopg.Connection, slot: str, schema: str, name: str) -> datetime | None:
+    """Commit time of the first change to the lake table past the slot's confirmed position, or
+    None when there is none: how far behind a consumer is, in time, when nobody streams the slot.
+
+    Peeks one change (nothing is consumed) with transactions left out, so the empty begin/commit
+    pairs of other tables' transactions on a busy instance do not count. Decoding stops at the
+    first change of ours; with none, it reads to the end of WAL (callers bound it with a
+    statement_timeout). A slot another process streams from raises ObjectInUse."""
+    options = ["format-version", "2", "include-transaction", "0", "include-timestamp", "1",
+               "add-tables", wal2json_table_pattern(schema, name),
+               # logical messages are no change of ours: only a prefix nobody writes is let through
+               "add-msg-prefixes", "paynorm.no-messages"]
+    row = conn.execute("select (data::json ->> 'timestamp')::timestamptz"
+                       " from pg_logical_slot_peek_changes(%s, null, 1, variadic %s::text[]) limit 1",
+                       (slot, options)).fetchone()
+    return None if row is None else row[0]
 
 
 def create_slot(conn: psycopg.Connection, slot: str) -> str:

@@ -1,0 +1,1 @@
+"""Running paynorm: status and lag, metrics and health endpoints, logs and progress."""
