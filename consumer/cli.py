@@ -11,30 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from . import __version__
-from .settings import Settings, load_dotenv
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        out = {"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname.lower(),
-               "logger": record.name, "msg": record.getMessage()}
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out)
-
-
-def _configure_logging(fmt: str, level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    logging.getLogger("psycopg.pool").setLevel(logging.WARNING)
+from .settings import DEFAULTS, LOG_FORMATS, LOG_LEVELS, TRANSPORTS, Settings, load_dotenv
 
 
 def _stop_on_signals() -> threading.Event:
@@ -74,16 +54,82 @@ class _Group(click.Group):
             raise _ErrorLine(e, e.exit_code) from e
 
 
+# -- options read from the environment ------------------------------------------------------------
+
+
+class _EnvOption(click.Option):
+    """An option that also reads an environment variable. A bad value from the variable is a
+    configuration error (exit 4, naming the variable), like a bad setting, not a usage error (exit 2)."""
+
+    def process_value(self, ctx: click.Context, value: Any) -> Any:
+        try:
+            return super().process_value(ctx, value)
+        except click.BadParameter as e:
+            if ctx.get_parameter_source(self.name or "") is not ParameterSource.ENVIRONMENT:
+                raise
+            from .errors import EXIT_CONFIG, ConfigError
+
+            raise _ErrorLine(ConfigError(f"{self.envvar}: {e.message}"), EXIT_CONFIG) from e
+
+
+def env_option(*decls: str, envvar: str, **kwargs: Any) -> Any:
+    """A click option backed by ``envvar``, so `--help` shows the variable and the default from the
+    option itself. The default is the one Settings uses (settings.DEFAULTS) unless given here."""
+    if "default" not in kwargs and envvar in DEFAULTS:
+        kwargs["default"] = DEFAULTS[envvar]
+    if kwargs.get("default") not in (None, "") and not kwargs.get("is_flag"):
+        kwargs.setdefault("show_default", True)
+    return click.option(*decls, cls=_EnvOption, envvar=envvar, show_envvar=True, **kwargs)
+
+
+def once_option(help: str) -> Any:  # noqa: A002 - click's own name
+    return env_option("--once", envvar="RUN_ONCE", is_flag=True, default=False, help=help)
+
+
+def interval_option(help: str) -> Any:  # noqa: A002
+    return env_option("--interval", envvar="POLL_INTERVAL_SECONDS", type=click.FloatRange(min=0), help=help)
+
+
+def slot_option(help: str = "Replication slot on the lake; one slot per lake table.") -> Any:  # noqa: A002
+    return env_option("--slot", envvar="PAYNORM_SLOT", help=help)
+
+
+def table_option(help: str = "Schema-qualified lake table.") -> Any:  # noqa: A002
+    return env_option("--table", envvar="PAYNORM_LAKE_TABLE", help=help)
+
+
+def batch_size_option(help: str) -> Any:  # noqa: A002
+    return env_option("--batch-size", envvar="PAYNORM_BATCH_SIZE", type=click.IntRange(min=1), help=help)
+
+
+def payload_column_option(fn: Any) -> Any:
+    return env_option("--payload-column", envvar="PAYNORM_PAYLOAD_COLUMN", default="",
+                      help="Lake column holding the payload (default: the first of data, transaction_data, "
+                           "payload).")(fn)
+
+
+def retry_option(fn: Any) -> Any:
+    """--retry-for, shared by every command that reads a source (one retry policy: consumer/retry.py)."""
+    return env_option(
+        "--retry-for", envvar="PAYNORM_RETRY_FOR", type=click.FloatRange(min=0), default=None,
+        help="Seconds a lake/warehouse outage is retried before exit 1 (0 = forever). "
+             "Default: forever, 60 with --once. Permanent errors (DSN, password, privilege) exit 4 at once.")(fn)
+
+
+# -- the command group ----------------------------------------------------------------------------
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="paynorm")
-@click.option("--log-format", type=click.Choice(["human", "json"]), default=None,
-              help="Log format (env PAYNORM_LOG_FORMAT, default human).")
-@click.option("--log-level", default=None, help="Log level (env PAYNORM_LOG_LEVEL, default INFO).")
+@env_option("--log-format", envvar="PAYNORM_LOG_FORMAT", type=click.Choice(LOG_FORMATS),
+            help="Log format: human lines, or one JSON object per line (UTC timestamps with milliseconds).")
+@env_option("--log-level", envvar="PAYNORM_LOG_LEVEL", type=click.Choice(LOG_LEVELS, case_sensitive=False),
+            help="Least severe level logged.")
 @click.option("--env-file", default=None,
               help="KEY=VALUE file read first (never overriding the environment); default: ./.env if it exists. "
                    "A file named here must exist.")
 @click.pass_context
-def cli(ctx: click.Context, log_format: str | None, log_level: str | None, env_file: str | None) -> None:
+def cli(ctx: click.Context, log_format: str, log_level: str, env_file: str | None) -> None:
     """paynorm: land a PostgreSQL payment lake in a warehouse exactly once, and normalize it.
 
     \b
@@ -92,9 +138,17 @@ def cli(ctx: click.Context, log_format: str | None, log_level: str | None, env_f
         paynorm replicate --once
         paynorm status
     """
+    from .ops import logs, progress
+
     load_dotenv(env_file or ".env", required=env_file is not None)
     settings = Settings()  # a setting that does not parse is a ConfigError naming its variable (exit 4)
-    _configure_logging(log_format or settings.log_format, log_level or settings.log_level)
+    # these two options are read before the env file: left at their default, they yield to it
+    if ctx.get_parameter_source("log_format") is ParameterSource.DEFAULT:
+        log_format = settings.log_format
+    if ctx.get_parameter_source("log_level") is ParameterSource.DEFAULT:
+        log_level = settings.log_level
+    logs.configure(log_format, log_level)
+    progress.configure(settings.progress_seconds)
     ctx.obj = settings
 
 
@@ -162,10 +216,10 @@ def dev_status(settings: Settings) -> None:
 
 
 @dev.command("seed")
-@click.option("--count", default=0, show_default=True, help="Extra generated records besides the brief's samples.")
+@click.option("--count", default=0, show_default=True, help="Extra generated records besides the fixed sample records.")
 @click.pass_obj
 def dev_seed(settings: Settings, count: int) -> None:
-    """Insert the brief's sample records (and optionally COUNT generated ones) into the local lake.
+    """Insert the fixed sample records (and optionally COUNT generated ones) into the local lake.
 
     \b
     Example:
@@ -187,14 +241,6 @@ def _need(settings: Settings, *which: str) -> None:
                if attr in which and not getattr(settings, attr)]
     if missing:
         raise ConfigError(f"set {' and '.join(missing)} (or run `paynorm dev up` and source .paynorm/env)")
-
-
-def retry_option(fn: Any) -> Any:
-    """--retry-for, shared by every command that reads a source (one retry policy: consumer/retry.py)."""
-    return click.option(
-        "--retry-for", type=float, default=None, envvar="PAYNORM_RETRY_FOR", show_envvar=True,
-        help="Seconds a lake/warehouse outage is retried before exit 1 (0 = forever). "
-             "Default: forever, 60 with --once. Permanent errors (DSN, password, privilege) exit 4 at once.")(fn)
 
 
 @cli.command()
@@ -219,20 +265,19 @@ def init(settings: Settings) -> None:
 
 
 @cli.command()
-@click.option("--once", is_flag=True, default=None, help="Drain to the lake's current position, then exit 0 (env RUN_ONCE).")
-@click.option("--transport", type=click.Choice(["stream", "sql"]), default=None,
-              help="stream: replication protocol (default, env PAYNORM_TRANSPORT); sql: peek + advance.")
-@click.option("--batch-size", type=int, default=None, help="Changes per warehouse commit (env PAYNORM_BATCH_SIZE, 10000).")
-@click.option("--interval", type=float, default=None, help="Seconds between polls (env POLL_INTERVAL_SECONDS, 5).")
-@click.option("--slot", default=None, help="Replication slot on the lake (env PAYNORM_SLOT, paynorm).")
-@click.option("--table", default=None, help="Lake table (env PAYNORM_LAKE_TABLE, public.raw_transactions).")
-@click.option("--payload-column", default=None, help="Lake column holding the payload (default: data, transaction_data).")
+@once_option("Drain to the lake's current position, then exit 0.")
+@env_option("--transport", envvar="PAYNORM_TRANSPORT", type=click.Choice(TRANSPORTS),
+            help="stream: the replication protocol; sql: peek + advance (for proxies without it).")
+@batch_size_option("Changes per warehouse commit (a huge lake transaction is applied in chunks of this size).")
+@interval_option("Seconds between polls of the slot.")
+@slot_option()
+@table_option()
+@payload_column_option
 @click.option("--resnapshot", is_flag=True, help="Drop and recreate the slot, then copy the table again.")
 @retry_option
 @click.pass_obj
-def replicate(settings: Settings, once: bool | None, transport: str | None, batch_size: int | None,
-              interval: float | None, slot: str | None, table: str | None, payload_column: str | None,
-              resnapshot: bool, retry_for: float | None = None) -> None:
+def replicate(settings: Settings, once: bool, transport: str, batch_size: int, interval: float, slot: str,
+              table: str, payload_column: str, resnapshot: bool, retry_for: float | None = None) -> None:
     """Tail the lake table by logical replication (wal2json) into raw.lake_transactions, exactly once.
 
     The first run creates the slot and snapshots the existing rows; later runs resume from the
@@ -261,10 +306,10 @@ def replicate(settings: Settings, once: bool | None, transport: str | None, batc
 
 
 @cli.command()
-@click.option("--slot", default=None, help="Replication slot to check (env PAYNORM_SLOT).")
-@click.option("--table", default=None, help="Lake table to check (env PAYNORM_LAKE_TABLE).")
+@slot_option("Replication slot to check.")
+@table_option("Lake table to check.")
 @click.pass_obj
-def doctor(settings: Settings, slot: str | None, table: str | None) -> None:
+def doctor(settings: Settings, slot: str, table: str) -> None:
     """Check every prerequisite and print one actionable line per problem (exit 1 if any).
 
     \b
@@ -284,7 +329,7 @@ def doctor(settings: Settings, slot: str | None, table: str | None) -> None:
 
 
 @cli.command()
-@click.option("--slot", default=None, help="Replication slot (env PAYNORM_SLOT).")
+@click.option("--slot", default=None, help="Show only this replication slot (default: every slot).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def status(settings: Settings, slot: str | None, as_json: bool) -> None:
@@ -294,34 +339,42 @@ def status(settings: Settings, slot: str | None, as_json: bool) -> None:
     Example:
         paynorm status
     """
-    from .status import collect, render
+    from .ops.status import collect, render
 
-    settings.slot = slot or settings.slot
+    import psycopg
+
+    from .errors import classify
+
     _need(settings, "warehouse_dsn")
-    info = collect(settings)
+    try:
+        info = collect(settings)
+    except psycopg.Error as e:
+        raise classify(e, secrets=(settings.warehouse_dsn, settings.lake_dsn)) from None
+    if slot:
+        info["cdc"] = [s for s in info.get("cdc") or [] if s["slot_name"] == slot]
     click.echo(json.dumps(info, indent=2, default=str) if as_json else render(info))
 
 
 @cli.command()
-@click.option("--once", is_flag=True, default=None, help="One full pass, then exit (env RUN_ONCE).")
-@click.option("--interval", type=float, default=None, help="Seconds between polls (env POLL_INTERVAL_SECONDS).")
-@click.option("--table", default=None, help="Lake table (env PAYNORM_LAKE_TABLE, public.raw_transactions).")
-@click.option("--payload-column", default=None, help="Lake column holding the payload (default: data, transaction_data).")
-@click.option("--batch-size", type=int, default=None, help="Rows per page and warehouse commit (env PAYNORM_BATCH_SIZE).")
+@once_option("One full pass, then exit.")
+@interval_option("Seconds between polls.")
+@table_option()
+@payload_column_option
+@batch_size_option("Rows per page and warehouse commit.")
 @click.option("--safety-lag", type=float, default=300.0, show_default=True,
               help="Seconds re-read behind the watermark, so rows that commit late are not skipped.")
 @click.option("--mark-processed", is_flag=True,
-              help="The brief's protocol: read NOT processed rows and set processed = true in the lake after "
+              help="The processed-flag protocol: read NOT processed rows and set processed = true in the lake after "
                    "the warehouse commit. The only mode that writes to the lake.")
 @retry_option
 @click.pass_obj
-def poll(settings: Settings, once: bool | None, interval: float | None, table: str | None,
-         payload_column: str | None, batch_size: int | None, safety_lag: float, mark_processed: bool, retry_for: float | None = None) -> None:
+def poll(settings: Settings, once: bool, interval: float, table: str, payload_column: str, batch_size: int,
+         safety_lag: float, mark_processed: bool, retry_for: float | None = None) -> None:
     """Keyset-poll the lake table into raw.lake_transactions (for lakes without logical replication).
 
     \b
     Example:
-        paynorm poll --once                       # cron, twice a day as in the brief
+        paynorm poll --once                       # cron, e.g. twice a day
         paynorm poll --once --mark-processed      # also flag the landed rows in the lake
     """
     if retry_for is not None:
@@ -350,18 +403,21 @@ def poll(settings: Settings, once: bool | None, interval: float | None, table: s
 
 
 @cli.command()
-@click.option("--once", is_flag=True, default=None, help="One cycle, then exit; non-zero if a stage failed (env RUN_ONCE).")
-@click.option("--interval", type=float, default=None,
-              help="Seconds between continuous cycles (env PAYNORM_CYCLE_INTERVAL_SECONDS, 300); the CDC consumer "
-                   "streams in between (its own poll interval: POLL_INTERVAL_SECONDS).")
+@once_option("One cycle, then exit; non-zero if a stage failed.")
+@env_option("--interval", envvar="PAYNORM_CYCLE_INTERVAL_SECONDS", type=click.FloatRange(min=0),
+            help="Seconds between continuous cycles; the CDC consumer streams in between (its own poll "
+                 "interval: POLL_INTERVAL_SECONDS).")
 @click.option("--source", type=click.Choice(["cdc", "poll", "files"]), default="cdc", show_default=True,
               help="Where rows come from: logical replication, keyset polling, or files.")
-@click.option("--path", "files_uri", default=None, help="Folder or s3://bucket/prefix for --source files.")
+@env_option("--path", "files_uri", envvar="PAYNORM_FILES_PATH", default=None,
+            help="Folder or s3://bucket/prefix for --source files.")
 @click.option("--attempts", type=int, default=3, show_default=True,
               help="Tries per failing dbt or LLM stage (with back-off); the land stage's source retries on its own "
                    "until --retry-for.")
-@click.option("--metrics-port", type=int, default=None, help="Serve Prometheus /metrics on this port.")
-@click.option("--metrics-addr", default="0.0.0.0", show_default=True, help="Address for /metrics.")
+@env_option("--metrics-port", envvar="PAYNORM_METRICS_PORT", type=click.IntRange(0, 65535), default=None,
+            help="Serve Prometheus /metrics, /healthz and /readyz on this port (default: no server).")
+@env_option("--metrics-addr", envvar="PAYNORM_METRICS_ADDR", default="0.0.0.0",
+            help="Address the metrics server listens on.")
 @retry_option
 @click.pass_obj
 def run(settings: Settings, once: bool | None, interval: float | None, source: str, files_uri: str | None,
@@ -386,7 +442,7 @@ def run(settings: Settings, once: bool | None, interval: float | None, source: s
     if interval is not None:
         settings.cycle_interval = interval
     if metrics_port is not None:
-        from . import metrics
+        from .ops import metrics
 
         metrics.serve(settings, metrics_port, metrics_addr)
     pipeline = Pipeline(settings, source=source, files_uri=files_uri, stop=_stop_on_signals(), attempts=attempts)
@@ -656,8 +712,8 @@ def summary(settings: Settings) -> None:
 @cli.command("eval")
 @click.argument("corpus", type=click.Path(dir_okay=False))
 @click.option("--with-llm", is_flag=True, help="Also run the LLM step (OPENAI_API_KEY, OPENAI_BASE_URL).")
-@click.option("--mappings-dir", type=click.Path(file_okay=False), default=None, envvar="PAYNORM_MAPPINGS_DIR",
-              help="Score these rule files instead of the built-in ones.")
+@env_option("--mappings-dir", envvar="PAYNORM_MAPPINGS_DIR", type=click.Path(file_okay=False), default=None,
+            help="Score these rule files instead of the built-in ones.")
 @click.option("--min-coverage", type=float, default=0.0, show_default=True,
               help="Exit 1 when fewer records than this percentage are normalized.")
 @click.option("--min-status", type=float, default=0.0, show_default=True,
@@ -699,32 +755,32 @@ def eval_cmd(settings: Settings, corpus: str, with_llm: bool, mappings_dir: str 
 
 @cli.command()
 @click.argument("path_or_uri", required=False)
-@click.option("--once", is_flag=True, default=None, help="One pass over the files, then exit (env RUN_ONCE).")
-@click.option("--interval", type=float, default=None,
-              help="Seconds between passes in continuous mode (env POLL_INTERVAL_SECONDS, 5).")
-@click.option("--prefix", default=None,
-              help="Only paths (relative to PATH_OR_URI) starting with this, e.g. 2024/06/ (env PAYNORM_FILES_PREFIX).")
-@click.option("--glob", "pattern", default=None,
-              help="fnmatch pattern on the relative path, '*' crosses folders, e.g. '*.jsonl' "
-                   "(env PAYNORM_FILES_GLOB).")
-@click.option("--format", "fmt", type=click.Choice(["auto", "json", "jsonl", "csv", "parquet"]), default=None,
-              help="File format; auto picks it by extension and ignores other files (env PAYNORM_FILES_FORMAT, auto).")
-@click.option("--endpoint-url", default=None,
-              help="S3-compatible endpoint, e.g. http://127.0.0.1:9000 for MinIO (env PAYNORM_S3_ENDPOINT_URL; "
-                   "boto3 also reads AWS_ENDPOINT_URL_S3).")
-@click.option("--files-are-lake-export", "lake_export", is_flag=True, default=None,
-              help="The files are the lake's own export: a record may rewrite, revive or tombstone a row that CDC "
-                   "or poll landed with the same id (env PAYNORM_FILES_ARE_LAKE_EXPORT; default: it never does).")
+@once_option("One pass over the files, then exit.")
+@interval_option("Seconds between passes in continuous mode.")
+@env_option("--prefix", envvar="PAYNORM_FILES_PREFIX", default="",
+            help="Only paths (relative to PATH_OR_URI) starting with this, e.g. 2024/06/.")
+@env_option("--glob", "pattern", envvar="PAYNORM_FILES_GLOB", default="",
+            help="fnmatch pattern on the relative path, '*' crosses folders, e.g. '*.jsonl' (default: every file).")
+@env_option("--format", "fmt", envvar="PAYNORM_FILES_FORMAT",
+            type=click.Choice(["auto", "json", "jsonl", "csv", "parquet"]),
+            help="File format; auto picks it by extension and ignores other files.")
+@env_option("--endpoint-url", envvar="PAYNORM_S3_ENDPOINT_URL", default="",
+            help="S3-compatible endpoint, e.g. http://127.0.0.1:9000 for MinIO (boto3 also reads "
+                 "AWS_ENDPOINT_URL_S3; default: AWS).")
+@env_option("--files-are-lake-export", "lake_export", envvar="PAYNORM_FILES_ARE_LAKE_EXPORT", is_flag=True,
+            default=False,
+            help="The files are the lake's own export: a record may rewrite, revive or tombstone a row that CDC "
+                 "or poll landed with the same id (default: it never does).")
 @retry_option
 @click.pass_obj
-def load(settings: Settings, path_or_uri: str | None, once: bool | None, interval: float | None, prefix: str | None,
-         pattern: str | None, fmt: str | None, endpoint_url: str | None, lake_export: bool | None,
-         retry_for: float | None = None) -> None:
+def load(settings: Settings, path_or_uri: str | None, once: bool, interval: float, prefix: str, pattern: str,
+         fmt: str, endpoint_url: str, lake_export: bool, retry_for: float | None = None) -> None:
     """Load JSON / JSONL / CSV / Parquet files from a folder or s3://bucket/prefix into raw.lake_transactions.
 
     Each file is tracked in paynorm.processed_files and loaded once per content version, in one
     warehouse transaction with its tracking row; unchanged files are skipped without being read, a
     changed file replaces its records. Bad files are recorded as failed and the others go on.
+    PATH_OR_URI defaults to PAYNORM_FILES_PATH.
     S3 needs `pip install 'paynorm[s3]'` (credentials and region from the AWS_* variables), Parquet
     `pip install 'paynorm[parquet]'`. Exit codes: 0 ok, 1 a file failed in this pass, 4 configuration.
 
@@ -756,13 +812,13 @@ def load(settings: Settings, path_or_uri: str | None, once: bool | None, interva
 
 @cli.command("llm")
 @click.option("--dry-run", is_flag=True, help="Print, per shape, the row count and the exact request; call nothing.")
-@click.option("--max-calls", type=int, default=None,
-              help="Most HTTP requests this run, retries and repairs included (env PAYNORM_LLM_MAX_CALLS, 50).")
-@click.option("--max-tokens", type=int, default=None,
-              help="Most tokens (prompt + completion) this run (env PAYNORM_LLM_MAX_TOKENS, 300000).")
+@env_option("--max-calls", envvar="PAYNORM_LLM_MAX_CALLS", type=click.IntRange(min=0),
+            help="Most HTTP requests this run, retries and repairs included.")
+@env_option("--max-tokens", envvar="PAYNORM_LLM_MAX_TOKENS", type=click.IntRange(min=0),
+            help="Most tokens (prompt + completion) this run.")
 @click.option("--retry-unmappable", is_flag=True, help="Ask again about shapes marked unmappable or rejected.")
 @click.pass_obj
-def llm_cmd(settings: Settings, dry_run: bool, max_calls: int | None, max_tokens: int | None,
+def llm_cmd(settings: Settings, dry_run: bool, max_calls: int, max_tokens: int,
             retry_unmappable: bool) -> None:
     """Ask an OpenAI-compatible model for ONE mapping rule per payload shape no rule matches.
 

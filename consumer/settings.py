@@ -15,6 +15,26 @@ from typing import Any
 from .errors import ConfigError
 
 
+# Defaults of the variables the CLI also takes as options: `paynorm --help` shows these very values.
+DEFAULTS: dict[str, str] = {
+    "POLL_INTERVAL_SECONDS": "5",
+    "PAYNORM_SLOT": "paynorm",
+    "PAYNORM_LAKE_TABLE": "public.raw_transactions",
+    "PAYNORM_BATCH_SIZE": "10000",
+    "PAYNORM_TRANSPORT": "stream",
+    "PAYNORM_LOG_FORMAT": "human",
+    "PAYNORM_LOG_LEVEL": "INFO",
+    "PAYNORM_LLM_MAX_CALLS": "50",
+    "PAYNORM_LLM_MAX_TOKENS": "300000",
+    "PAYNORM_FILES_FORMAT": "auto",
+    "PAYNORM_CYCLE_INTERVAL_SECONDS": "300",
+    "PAYNORM_PROGRESS_SECONDS": "30",
+}
+LOG_FORMATS = ("human", "json")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+TRANSPORTS = ("stream", "sql")
+
+
 def _bool(value: str | None, default: bool) -> bool:
     if value is None or value == "":
         return default
@@ -30,6 +50,15 @@ def _number(variable: str, default: str, kind: type[int] | type[float]) -> Any:
         value = None
     if value is None or value < 0:
         raise ConfigError(f"{variable} must be a {'whole ' if kind is int else ''}number of 0 or more, not {text!r}")
+    return value
+
+
+def _choice(variable: str, choices: tuple[str, ...], *, upper: bool = False) -> str:
+    """A setting with a fixed set of values; another value is a ConfigError naming the variable (exit 4)."""
+    text = os.environ.get(variable) or DEFAULTS[variable]
+    value = text.upper() if upper else text
+    if value not in choices:
+        raise ConfigError(f"{variable} must be one of {', '.join(choices)}, not {text!r}")
     return value
 
 
@@ -63,20 +92,20 @@ class Settings:
     lake_dsn: str = field(default_factory=lambda: os.environ.get("DATALAKE_DATABASE_URL", ""))
     # DSN of the warehouse database where raw.lake_transactions and the dbt models live.
     warehouse_dsn: str = field(default_factory=lambda: os.environ.get("DATABASE_URL", ""))
-    # Seconds between polls of the slot in continuous mode (the brief's name).
-    interval: float = field(default_factory=lambda: _number("POLL_INTERVAL_SECONDS", "5", float))
-    # Drain once and exit (cron / Kubernetes CronJob), the brief's name.
+    # Seconds between polls of the slot in continuous mode (the name of the original specification).
+    interval: float = field(default_factory=lambda: _number("POLL_INTERVAL_SECONDS", DEFAULTS["POLL_INTERVAL_SECONDS"], float))
+    # Drain once and exit (cron / Kubernetes CronJob), the name of the original specification.
     run_once: bool = field(default_factory=lambda: _bool(os.environ.get("RUN_ONCE"), False))
     # Logical replication slot on the lake; one slot per lake table.
-    slot: str = field(default_factory=lambda: os.environ.get("PAYNORM_SLOT", "paynorm"))
+    slot: str = field(default_factory=lambda: os.environ.get("PAYNORM_SLOT") or DEFAULTS["PAYNORM_SLOT"])
     # Schema-qualified lake table to replicate.
-    table: str = field(default_factory=lambda: os.environ.get("PAYNORM_LAKE_TABLE", "public.raw_transactions"))
+    table: str = field(default_factory=lambda: os.environ.get("PAYNORM_LAKE_TABLE") or DEFAULTS["PAYNORM_LAKE_TABLE"])
     # Lake column holding the heterogeneous payload; empty = first of data, transaction_data, payload.
     payload_column: str = field(default_factory=lambda: os.environ.get("PAYNORM_PAYLOAD_COLUMN", ""))
     # Changes per warehouse transaction (a huge lake transaction is applied in chunks of this size).
-    batch_size: int = field(default_factory=lambda: _number("PAYNORM_BATCH_SIZE", "10000", int))
+    batch_size: int = field(default_factory=lambda: _number("PAYNORM_BATCH_SIZE", DEFAULTS["PAYNORM_BATCH_SIZE"], int))
     # CDC transport: 'stream' (replication protocol) or 'sql' (peek + advance, for proxies).
-    transport: str = field(default_factory=lambda: os.environ.get("PAYNORM_TRANSPORT", "stream"))
+    transport: str = field(default_factory=lambda: _choice("PAYNORM_TRANSPORT", TRANSPORTS))
     # Rows per keyset chunk of the initial snapshot.
     snapshot_chunk: int = field(default_factory=lambda: _number("PAYNORM_SNAPSHOT_CHUNK", "20000", int))
     # Payloads larger than this many bytes are landed undecoded, with a decode_error.
@@ -85,6 +114,8 @@ class Settings:
     )
     # Seconds between standby status updates sent to the lake on the stream transport.
     status_interval: float = field(default_factory=lambda: _number("PAYNORM_STATUS_INTERVAL", "10", float))
+    # Seconds between refreshes of the database-derived metrics (served from that cache, never at scrape time).
+    metrics_refresh: float = field(default_factory=lambda: _number("PAYNORM_METRICS_REFRESH_SECONDS", "15", float))
     # Longest back-off between reconnect attempts when the lake or the warehouse is down.
     max_backoff: float = field(default_factory=lambda: _number("PAYNORM_MAX_BACKOFF", "30", float))
     # Seconds a transient problem (lake or warehouse unreachable) is retried before the command fails
@@ -92,9 +123,12 @@ class Settings:
     retry_for: float | None = field(
         default_factory=lambda: _number("PAYNORM_RETRY_FOR", "", float) if os.environ.get("PAYNORM_RETRY_FOR") else None)
     # Log format: 'human' or 'json'.
-    log_format: str = field(default_factory=lambda: os.environ.get("PAYNORM_LOG_FORMAT", "human"))
+    log_format: str = field(default_factory=lambda: _choice("PAYNORM_LOG_FORMAT", LOG_FORMATS))
     # Log level name.
-    log_level: str = field(default_factory=lambda: os.environ.get("PAYNORM_LOG_LEVEL", "INFO"))
+    log_level: str = field(default_factory=lambda: _choice("PAYNORM_LOG_LEVEL", LOG_LEVELS, upper=True))
+    # Seconds between progress log lines of a snapshot or a file load when stderr is not a terminal.
+    progress_seconds: float = field(
+        default_factory=lambda: _number("PAYNORM_PROGRESS_SECONDS", DEFAULTS["PAYNORM_PROGRESS_SECONDS"], float))
     # Where `paynorm dev` keeps its local cluster and env file.
     home: Path = field(default_factory=lambda: Path(os.environ.get("PAYNORM_HOME", ".paynorm")))
     # -- the LLM step (`paynorm llm`, consumer/llm/) --
@@ -113,9 +147,9 @@ class Settings:
     # First back-off in seconds between retries; doubled each time (a Retry-After header wins, capped at 60 s).
     llm_backoff: float = field(default_factory=lambda: _number("PAYNORM_LLM_BACKOFF", "1", float))
     # Most HTTP requests one run of the step may make (retries and repair rounds included).
-    llm_max_calls: int = field(default_factory=lambda: _number("PAYNORM_LLM_MAX_CALLS", "50", int))
+    llm_max_calls: int = field(default_factory=lambda: _number("PAYNORM_LLM_MAX_CALLS", DEFAULTS["PAYNORM_LLM_MAX_CALLS"], int))
     # Most tokens (prompt + completion) one run of the step may spend.
-    llm_max_tokens: int = field(default_factory=lambda: _number("PAYNORM_LLM_MAX_TOKENS", "300000", int))
+    llm_max_tokens: int = field(default_factory=lambda: _number("PAYNORM_LLM_MAX_TOKENS", DEFAULTS["PAYNORM_LLM_MAX_TOKENS"], int))
     # Completion tokens allowed per request (max_completion_tokens).
     llm_max_output_tokens: int = field(
         default_factory=lambda: _number("PAYNORM_LLM_MAX_OUTPUT_TOKENS", "4096", int)
@@ -132,7 +166,7 @@ class Settings:
     # fnmatch pattern on that relative path ('*' crosses folders, e.g. *.jsonl); empty = every file.
     files_glob: str = field(default_factory=lambda: os.environ.get("PAYNORM_FILES_GLOB", ""))
     # File format: auto (by extension: .json, .jsonl/.ndjson, .csv, .parquet/.pq), json, jsonl, csv or parquet.
-    files_format: str = field(default_factory=lambda: os.environ.get("PAYNORM_FILES_FORMAT", "auto"))
+    files_format: str = field(default_factory=lambda: os.environ.get("PAYNORM_FILES_FORMAT") or DEFAULTS["PAYNORM_FILES_FORMAT"])
     # Larger files are not downloaded and fail with a clear error (a file commits in one warehouse transaction).
     files_max_bytes: int = field(
         default_factory=lambda: _number("PAYNORM_FILES_MAX_BYTES", str(512 * 1024 * 1024), int)
@@ -148,7 +182,7 @@ class Settings:
     # -- the pipeline (`paynorm run`, consumer/pipeline.py) --
     # Seconds between continuous `paynorm run` cycles (dbt, LLM step, marts); the CDC consumer streams
     # in between, and POLL_INTERVAL_SECONDS stays the consumer's own poll interval.
-    cycle_interval: float = field(default_factory=lambda: _number("PAYNORM_CYCLE_INTERVAL_SECONDS", "300", float))
+    cycle_interval: float = field(default_factory=lambda: _number("PAYNORM_CYCLE_INTERVAL_SECONDS", DEFAULTS["PAYNORM_CYCLE_INTERVAL_SECONDS"], float))
     # dbt project to build; empty = the one shipped in this repository (your own fork of the models works too).
     dbt_project_dir: str = field(default_factory=lambda: os.environ.get("PAYNORM_DBT_PROJECT_DIR", ""))
     # Folder of mapping rule files synced before each build; empty = the built-in rules.

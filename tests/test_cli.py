@@ -42,10 +42,11 @@ def test_every_command_has_help_with_an_example(command: tuple[str, ...]) -> Non
     assert "Example" in result.output, f"`paynorm {' '.join(command)} --help` shows no example"
 
 
-def test_readme_documents_every_command() -> None:
-    readme = (REPO / "README.md").read_text()
+def test_the_cli_reference_documents_every_command() -> None:
+    reference = (REPO / "docs" / "cli.md").read_text()
     for command in ALL_COMMANDS:
-        assert f"paynorm {' '.join(command)}" in readme, f"README does not show `paynorm {' '.join(command)}`"
+        assert f"paynorm {' '.join(command)}" in reference, (
+            f"docs/cli.md does not show `paynorm {' '.join(command)}`: run `make cli-docs`")
 
 
 def _invoke(env: Env, *args: str) -> click.testing.Result:
@@ -84,9 +85,10 @@ def test_init_is_idempotent_and_status_reports_progress(env: Env) -> None:
         insert_rows(lake, 3, start=100)
     status = _invoke(env, "status")
     assert status.exit_code == 0, status.output
-    assert "snapshot        done, 7/7 rows" in status.output
+    assert "snapshot      done, 7/7 rows" in status.output
     assert "landed rows     7 (7 live" in status.output
-    assert re.search(r"lag\s+[\d.,]+ (B|kB)", status.output)
+    assert re.search(r"WAL\s+[\d.,]+ (B|kB) of instance WAL past the confirmed position", status.output)
+    assert re.search(r"lag\s+\d+ s behind \(oldest unapplied change committed", status.output), status.output
     as_json = _invoke(env, "status", "--json")
     assert '"rows": 7' in as_json.output
 

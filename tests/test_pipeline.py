@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -157,9 +158,13 @@ def test_metrics_endpoint_and_json_logs(env: Env, home: Path) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = env.spawn("--log-format", "json", "run", "--interval", "3600", "--metrics-port", str(port),
-                     "--metrics-addr", "127.0.0.1", **secret_env)
+                     "--metrics-addr", "127.0.0.1", PAYNORM_METRICS_REFRESH_SECONDS="0.5", **secret_env)
     seen = _wait_for(proc, '"cycle 1: ok', timeout=300)
+    time.sleep(1.5)  # one background refresh after the cycle (PAYNORM_METRICS_REFRESH_SECONDS=0.5)
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+    health = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=30)
+    ready = urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=30)
+    assert (health.status, health.read()) == (200, b"ok\n") and (ready.status, ready.read()) == (200, b"ok\n")
     proc.send_signal(signal.SIGTERM)
     out = seen + proc.communicate(timeout=120)[0].decode()
     assert proc.returncode == 0, out
@@ -169,19 +174,29 @@ def test_metrics_endpoint_and_json_logs(env: Env, home: Path) -> None:
                    if s.name in (name, name + "_total") and all(s.labels.get(k) == v for k, v in labels.items()))
     assert value("paynorm_rows_landed", op="S") + value("paynorm_rows_landed", op="I") == 120
     assert value("paynorm_cycles", outcome="ok") == 1
+    assert value("paynorm_cycles", outcome="failed") == 0  # present at zero, so rate() has a series
     assert value("paynorm_last_successful_cycle_timestamp_seconds") > time.time() - 600
-    assert value("paynorm_warehouse_up") == 1
-    assert "paynorm_replication_lag_bytes" in families and "paynorm_slot_retained_wal_bytes" in families
-    assert sum(s.value for s in families["paynorm_events"].samples) > 0
-    assert "paynorm_quarantine_rows" in families and "paynorm_pending_llm_rows" in families
-    assert "paynorm_batch_duration_seconds" in families
+    assert value("paynorm_warehouse_up") == 1 and value("paynorm_lake_up") == 1
+    assert value("paynorm_cdc_consumer_up") == 1 and value("paynorm_cycle_interval_seconds") == 3600
+    assert value("paynorm_slot_active", slot=env.slot) == 1
+    assert value("paynorm_slot_wal_status", slot=env.slot, wal_status="reserved") == 1
+    assert value("paynorm_cdc_lag_seconds", slot=env.slot) < 60
+    assert "paynorm_slot_lag_bytes" in families and "paynorm_slot_retained_wal_bytes" in families
+    assert value("paynorm_snapshot_done", slot=env.slot) == 1
+    assert sum(s.value for s in families["paynorm_normalized_events"].samples) > 0
+    assert "paynorm_quarantined_rows" in families and "paynorm_pending_llm_rows" in families
+    assert "paynorm_cdc_batch_duration_seconds" in families and "paynorm_build_info" in families
     log_lines = [line for line in out.splitlines() if line.startswith("{")]
     assert len(log_lines) > 5
-    for line in log_lines:
-        record = json.loads(line)
-        assert {"ts", "level", "logger", "msg"} <= record.keys()
+    records = [json.loads(line) for line in log_lines]
+    for record in records:
+        assert {"ts", "level", "logger", "message"} <= record.keys()
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", record["ts"]), record["ts"]
     assert "hunter2-secret" not in out
-    assert any("warehouse:***@" in json.loads(line)["msg"] for line in log_lines)
+    assert any("warehouse:***@" in record["message"] for record in records)
+    cycle = next(r for r in records if r["message"].startswith("cycle 1: ok"))
+    assert (cycle["outcome"], cycle["source"]) == ("ok", "cdc") and isinstance(cycle["run_id"], int)
+    assert set(cycle["stage_seconds"]) == {"land", "transform", "llm", "marts"}
 
 
 def test_run_with_the_poll_source(env: Env, home: Path) -> None:

@@ -15,13 +15,60 @@ from consumer.settings import Settings, load_dotenv
 
 
 @pytest.mark.parametrize("variable, value", [("PAYNORM_BATCH_SIZE", "10k"), ("POLL_INTERVAL_SECONDS", "five"),
-                                             ("PAYNORM_RETRY_FOR", "1m"), ("PAYNORM_MAX_BACKOFF", "-3")])
+                                             ("PAYNORM_RETRY_FOR", "1m"), ("PAYNORM_MAX_BACKOFF", "-3"),
+                                             ("PAYNORM_PROGRESS_SECONDS", "soon"), ("PAYNORM_LOG_FORMAT", "xml"),
+                                             ("PAYNORM_LOG_LEVEL", "loud"), ("PAYNORM_TRANSPORT", "carrier")])
 def test_a_bad_number_names_its_variable(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
     monkeypatch.setenv(variable, value)
     with pytest.raises(ConfigError, match=variable):
         Settings()
     out = CliRunner().invoke(cli, ["replicate", "--once"], env={variable: value})
     assert out.exit_code == 4 and variable in out.output and "Traceback" not in out.output, out.output
+
+
+@pytest.mark.parametrize("args, variable, value", [
+    (["run", "--once"], "PAYNORM_METRICS_PORT", "ninety"),
+    (["run", "--once"], "PAYNORM_METRICS_PORT", "70000"),
+    (["replicate"], "RUN_ONCE", "maybe"),
+    (["load", "--once", "/nonexistent"], "PAYNORM_FILES_FORMAT", "xlsx"),
+])
+def test_a_bad_option_variable_names_it(args: list[str], variable: str, value: str) -> None:
+    """A variable only an option reads (no Settings field) is checked by the option: exit 4 too."""
+    out = CliRunner().invoke(cli, args, env={variable: value})
+    assert out.exit_code == 4 and variable in out.output and "Traceback" not in out.output, out.output
+
+
+def test_options_show_their_variable_and_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--help shows what the option reads and its default (the one Settings has), whatever the environment."""
+    monkeypatch.setenv("PAYNORM_BATCH_SIZE", "123")
+    out = CliRunner().invoke(cli, ["replicate", "--help"])
+    assert out.exit_code == 0, out.output
+    text = " ".join(out.output.split())  # as wrapped at any width
+    assert "[env var: PAYNORM_BATCH_SIZE; default: 10000; x>=1]" in text
+    assert "[env var: PAYNORM_SLOT; default: paynorm]" in text
+    run = " ".join(CliRunner().invoke(cli, ["run", "--help"]).output.split())
+    assert "[env var: PAYNORM_METRICS_PORT; 0<=x<=65535]" in run
+    assert "[env var: PAYNORM_METRICS_ADDR; default: 0.0.0.0]" in run
+    assert "[env var: PAYNORM_CYCLE_INTERVAL_SECONDS; default: 300; x>=0]" in run
+
+
+def test_an_option_wins_over_its_variable_and_the_variable_over_the_default(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from consumer.pipeline import Pipeline
+
+    seen: list[tuple[float, bool]] = []
+
+    def record(self: Pipeline, *, once: bool, interval: float) -> int:
+        seen.append((interval, once))
+        return 0
+
+    monkeypatch.setattr(Pipeline, "run", record)
+    env = {"DATABASE_URL": "postgresql://wh@127.0.0.1:1/wh", "DATALAKE_DATABASE_URL": "postgresql://l@127.0.0.1:1/l",
+           "PAYNORM_CYCLE_INTERVAL_SECONDS": "90", "RUN_ONCE": "true"}
+    for args, expected in ((["run"], (90, True)), (["run", "--interval", "30"], (30, True))):
+        out = CliRunner().invoke(cli, args, env=env)
+        assert out.exit_code == 0, out.output
+        assert seen.pop() == expected
 
 
 def test_dotenv_comments_quotes_and_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,6 +1,6 @@
 """The files source (`paynorm load`): JSON / JSONL / CSV / Parquet files from a folder or an S3 bucket.
 
-The brief's S3 data-lake variant, landing into the same ``raw.lake_transactions`` as the CDC consumer
+The S3 data-lake variant (the lake exported as files), landing into the same ``raw.lake_transactions`` as the CDC consumer
 so normalization, the LLM step and the marts work unchanged.
 
 * Discovery: a local folder (recursive; hidden files skipped) or ``s3://bucket/prefix`` (boto3, the
@@ -53,7 +53,6 @@ import logging
 import os
 import re
 import stat
-import sys
 import tempfile
 import threading
 import time
@@ -67,7 +66,9 @@ from typing import Any, BinaryIO, Callable, Iterator, TextIO
 
 import psycopg
 
-from .. import landing, metrics
+from .. import landing
+from ..ops import metrics
+from ..ops.progress import Progress as _Progress
 from ..errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, PaynormError, TransientError, require_dsn
 from ..faults import crashpoint
 from ..jsonutil import dumps_exact
@@ -1045,53 +1046,6 @@ def _human(n: float) -> str:
     return f"{n:.1f} GiB"  # pragma: no cover
 
 
-# -- progress -------------------------------------------------------------------------------------
-
-
-class _Progress:
-    """A one-line progress bar per file on stderr, only when stderr is a terminal."""
-
-    def __init__(self, label: str, total_bytes: int) -> None:
-        self.label = label if len(label) <= 40 else "…" + label[-39:]
-        self.total_bytes = total_bytes
-        self.total_rows: int | None = None
-        self.enabled = sys.stderr.isatty()
-        self.start = time.monotonic()
-        self.last = 0.0
-        self.done_bytes = 0
-        self.done_rows = 0
-
-    def bytes(self, n: int) -> None:
-        self.done_bytes = n
-        self._draw()
-
-    def rows(self, n: int) -> None:
-        self.done_rows = n
-        self._draw()
-
-    def _draw(self, force: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if not force and now - self.last < 0.2:
-            return
-        self.last = now
-        if self.total_rows:
-            pct = min(self.done_rows / self.total_rows, 1.0)
-        else:
-            pct = min(self.done_bytes / self.total_bytes, 1.0) if self.total_bytes else 1.0
-        rate = self.done_rows / max(now - self.start, 1e-6)
-        sys.stderr.write(f"\r{self.label} [{'#' * int(pct * 30):<30}] {_human(self.done_bytes)}/"
-                         f"{_human(self.total_bytes)} {self.done_rows:,} records {rate:,.0f}/s")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self._draw(force=True)
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
 # -- loading ----------------------------------------------------------------------------------------
 
 
@@ -1203,7 +1157,7 @@ class FileLoader:
         started_at = _now()
         self._mark_processing(ref, started_at)
         started = time.monotonic()
-        progress = _Progress(ref.key, ref.size)
+        progress = _Progress(ref.key, total_bytes=ref.size, logger=log)
         meters: list[_Meter] = []
         error: FileError | None = None
         outcome = None
@@ -1248,7 +1202,10 @@ class FileLoader:
         log.info("loaded %s (%s, %s): %s records, %s rows landed%s%s, %.1fs", ref.key, ref.fmt, _human(ref.size),
                  f"{records:,}", f"{landed:,}", f", {bad_records:,} with decode errors" if bad_records else "",
                  f", {gone:,} records of the previous version tombstoned" if gone else "",
-                 time.monotonic() - started)
+                 time.monotonic() - started,
+                 extra={"file": ref.key, "format": ref.fmt, "bytes": ref.size, "records": records,
+                        "rows_landed": landed, "decode_errors": bad_records, "rows_tombstoned": gone,
+                        "seconds": round(time.monotonic() - started, 3)})
 
     def _unchanged(self, ref: FileRef, k: Known, stats: LoadStats) -> bool:
         if k.status == "processing":
@@ -1308,7 +1265,8 @@ class FileLoader:
 
     def _fail(self, ref: FileRef, e: FileError, sha: str | None, stats: LoadStats,
               started: datetime | None = None) -> None:
-        log.error("file %s failed: %s", ref.key, e.message)
+        log.error("file %s failed: %s", ref.key, e.message,
+                  extra={"file": ref.key, "format": ref.fmt, "bytes": ref.size, "error_code": e.code, "error": e.message})
         finished = _now()
         stats.failed += 1
         stats.failures.append((ref.key, e.message))

@@ -1,4 +1,4 @@
-"""`paynorm poll`: the brief's polling mode, for lakes without logical replication.
+"""`paynorm poll`: the polling mode, for lakes without logical replication.
 
 Keyset polling on a watermark ``(created_at, primary key)``. Every poll re-reads a safety window
 (``created_at >= watermark - safety_lag``) so a row whose ``created_at`` is older than the
@@ -14,7 +14,7 @@ For a ``timestamp`` (without time zone) column, now is the lake's clock in UTC (
 TimeZone): a lake that writes local wall time ahead of UTC sees its newest rows as ahead of now
 for that offset, so they are re-read for longer, never skipped.
 
-``--mark-processed`` is the brief's protocol: read the rows whose ``processed`` is not true (NULL
+``--mark-processed`` is the processed-flag protocol: read the rows whose ``processed`` is not true (NULL
 counts as unprocessed) and, only after the warehouse commit, flag them ``processed = true``
 (and ``processed_at = now()``). The flag is compare-and-set on the row version read (``xmin``):
 a row that changed between the read and the flag keeps its flag unset and is read again at the
@@ -36,7 +36,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ... import landing, metrics
+from ... import landing
+from ...ops import metrics
 from ...errors import ConfigError, TransientError, require_dsn
 from ...landing import LandingBatch, init_warehouse
 from ...landing.connection import check_connection, open_pool
@@ -318,7 +319,10 @@ def poll(settings: Settings, *, once: bool = False, mark_processed: bool = False
                 return total
             total.polls += 1
             log.info("poll: %s rows read, %s landed or changed, %.2fs", total.rows_read - before[0],
-                     total.rows_written - before[1], time.monotonic() - started)
+                     total.rows_written - before[1], time.monotonic() - started,
+                     extra={"table": settings.table, "pass": total.polls, "rows_read": total.rows_read - before[0],
+                            "rows_written": total.rows_written - before[1],
+                            "seconds": round(time.monotonic() - started, 3)})
             started, before = time.monotonic(), (total.rows_read, total.rows_written)
     except TransientError:
         if not stop.is_set():

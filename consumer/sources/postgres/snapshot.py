@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import threading
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -21,39 +19,15 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from ... import landing, metrics
+from ... import landing
+from ...ops import metrics
+from ...ops.progress import Progress
 from ...faults import crashpoint
 from ...landing import LandingBatch, stage, tombstone_source
 from .cdc import Fence, ReplicationState
 from .lake import KEYSET_ALIAS, LakeTable, keyset_columns, pk_params, rows_from_text, text_select_list
 
 log = logging.getLogger(__name__)
-
-
-class Progress:
-    """A one-line progress bar on stderr, only when stderr is a terminal."""
-
-    def __init__(self, total: int | None, label: str = "snapshot") -> None:
-        self.total = total
-        self.label = label
-        self.enabled = sys.stderr.isatty()
-        self.start = time.monotonic()
-
-    def update(self, done: int) -> None:
-        if not self.enabled:
-            return
-        rate = done / max(time.monotonic() - self.start, 1e-6)
-        if self.total:
-            pct = min(done / self.total, 1.0)
-            bar = "#" * int(pct * 30)
-            sys.stderr.write(f"\r{self.label} [{bar:<30}] {done:,}/{self.total:,} rows {rate:,.0f}/s")
-        else:
-            sys.stderr.write(f"\r{self.label} {done:,} rows {rate:,.0f}/s")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
 
 
 def _select_chunk(table: LakeTable, has_cursor: bool) -> sql.Composed:
@@ -99,9 +73,11 @@ def run_snapshot(lake_conn: psycopg.Connection, pool: ConnectionPool, fence: Fen
                      (total, state.slot_name))
     cursor = json.loads(state.snapshot_last_key) if state.snapshot_last_key else None
     done = start = state.snapshot_rows
-    progress = Progress(total)
+    progress = Progress("snapshot", total, initial=done, logger=log)
     log.info("snapshot of %s at %s: %s rows%s", table.qualified, lsn, f"{total:,}" if total else "?",
-             f", resuming after {done:,}" if cursor else "")
+             f", resuming after {done:,}" if cursor else "",
+             extra={"slot": state.slot_name, "table": table.qualified, "lsn": lsn, "rows_total": total,
+                    "rows_done": done, "resumed": cursor is not None})
     batch = LandingBatch(source, max_payload_bytes)
 
     def write_chunk(records: list[tuple[Any, ...]], cursor: list[str], done: int) -> int:
@@ -148,11 +124,14 @@ def run_snapshot(lake_conn: psycopg.Connection, pool: ConnectionPool, fence: Fen
     finally:
         progress.close()
     if stop.is_set():
-        log.info("snapshot interrupted after %s rows; it resumes at the next start", f"{done:,}")
+        log.info("snapshot interrupted after %s rows; it resumes at the next start", f"{done:,}",
+                 extra={"slot": state.slot_name, "table": table.qualified, "rows_done": done})
         return None
     with pool.connection() as conn:
         # Rows landed before this snapshot that it did not see were deleted while we were not looking.
         gone = landing.commit(conn, lambda c: tombstone_source(c, source, before_lsn=lsn, op="S"),
                               _SnapshotCursor(state.slot_name, None, done), fence=fence)
-    log.info("snapshot done: %s rows landed%s", f"{done:,}", f", {gone:,} stale rows tombstoned" if gone else "")
+    log.info("snapshot done: %s rows landed%s", f"{done:,}", f", {gone:,} stale rows tombstoned" if gone else "",
+             extra={"slot": state.slot_name, "table": table.qualified, "lsn": lsn, "rows_done": done,
+                    "rows_copied": done - start, "rows_tombstoned": gone})
     return done - start
