@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install postgres demo test accuracy clean dev-up dev-down lint help
+.PHONY: install postgres prometheus demo test accuracy clean dev-up dev-down lint help
 
 help:
 	@echo "make demo   - local cluster, sample lake, the pipeline, a summary"
@@ -14,16 +14,19 @@ help:
 	@echo "make accuracy - score the built-in rules on labelled real provider payloads (paynorm eval)"
 	@echo "make install, make dev-up, make dev-down, make clean"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
 postgres:
 	@bash scripts/ensure-postgres.sh
+
+prometheus:
+	@bash scripts/ensure-prometheus.sh
 
 dev-up: install postgres
 	$(BIN)/paynorm dev up
@@ -37,7 +40,7 @@ demo: install postgres
 # Two workers (pytest-xdist): each starts its own lake and warehouse clusters; most tests wait on
 # PostgreSQL, dbt or a child process, so two halve the wall time on two cores. TEST_WORKERS=0: serial.
 TEST_WORKERS ?= 2
-test: install postgres
+test: install postgres prometheus
 	$(BIN)/python -m pytest -q -rs -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # Labelled real payloads: the shared corpus when this checkout sits beside it, else the copy in tests/corpus.
@@ -57,3 +60,14 @@ bench: install postgres
 
 bench-quick: install postgres
 	$(BIN)/python bench/run.py --quick
+
+# constraints.txt: the exact versions of the runtime dependencies in the dev venv, for the image and
+# server installs (pip install --constraint constraints.txt); tests/test_deploy.py checks it is current.
+.PHONY: constraints
+constraints: install
+	$(BIN)/python deploy/constraints.py
+
+# The command line reference: docs/cli.md from the click definitions (tests/test_cli_reference.py checks it).
+.PHONY: cli-docs
+cli-docs: install
+	$(BIN)/python scripts/gen_cli_docs.py
