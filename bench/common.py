@@ -149,7 +149,7 @@ class Bench:
         return self.cluster.connect(dbname)
 
     def new_lake(self, name: str) -> str:
-        """A fresh lake database with the brief's table; the read-only replication role's DSN."""
+        """A fresh lake database with the lake table; the read-only replication role's DSN."""
         self.cluster.drop_database(name)
         return devdb.setup_lake(self.cluster, name)
 
@@ -321,7 +321,7 @@ QUICK = Sizes(cdc_small=5_000, cdc_large=12_000, cdc_one_txn=8_000, cdc_runs=3, 
               snapshot_rows=10_000, snapshot_runs=3, latency_seconds=5, latency_runs=3, latency_rate=2000,
               transform_rows=2_000, transform_incr=500, transform_runs=1, llm_rows=5_000, llm_shapes=10,
               llm_runs=3, e2e_small=2_000, e2e_large=0)
-# Full: the issue's sizes. What runs fewer than 3 times (README says why): the 1M and the
+# Full: the target sizes. What runs fewer than 3 times (README says why): the 1M and the
 # one-500k-txn CDC cases, the dbt builds and the end-to-end runs, once each.
 FULL = Sizes(cdc_small=200_000, cdc_large=1_000_000, cdc_one_txn=500_000, cdc_runs=3, cdc_large_runs=1,
              snapshot_rows=1_000_000, snapshot_runs=3, latency_seconds=60, latency_runs=3, latency_rate=2000,

@@ -2,7 +2,7 @@
 bench/results/<date>.json and append a markdown table to bench/README.md.
 
     python bench/run.py --quick            # < 3 minutes, small sizes
-    python bench/run.py --full             # the sizes of issue 7 (see README for what is reduced)
+    python bench/run.py --full             # the target sizes (see README for what is reduced)
     python bench/run.py --full --only cdc  # one or more benchmarks: cdc snapshot latency transform llm e2e
 """
 
@@ -80,7 +80,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = ap.add_mutually_exclusive_group(required=True)
     g.add_argument("--quick", action="store_true", help="small sizes, under 3 minutes")
-    g.add_argument("--full", action="store_true", help="issue 7 sizes (well under an hour on 2 cores)")
+    g.add_argument("--full", action="store_true", help="the target sizes (well under an hour on 2 cores)")
     ap.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run only these benchmarks")
     ap.add_argument("--no-readme", action="store_true", help="write the JSON only, leave README.md alone")
     args = ap.parse_args()

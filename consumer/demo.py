@@ -110,7 +110,7 @@ BROKEN = [
 
 
 def generate_records(n: int, *, seed: int = 7, days: int = 7, now: datetime | None = None) -> Iterator[dict[str, Any]]:
-    """``n`` lake records (the brief's envelope), reproducible for a seed."""
+    """``n`` lake records (the lake's envelope), reproducible for a seed."""
     rnd = random.Random(seed)
     templates = load_templates()
     by_status: dict[str, list[Template]] = {}

@@ -208,7 +208,7 @@ class Cluster:
 
 
 def setup_lake(cluster: Cluster, dbname: str = "lake", reader: str = "lake_reader") -> str:
-    """Create the lake database with the brief's table and a read-only replication role; its DSN."""
+    """Create the lake database with the lake table and a read-only replication role; its DSN."""
     cluster.create_database(dbname)
     cluster.create_role(reader, replication=True)
     with cluster.connect(dbname) as conn:
@@ -270,7 +270,7 @@ def dev_status(home: Path) -> str:
 
 
 def seed_lake(home: Path, *, extra: int = 0) -> int:
-    """Insert the brief's sample records (plus ``extra`` generated ones) into the dev lake."""
+    """Insert the fixed sample records (plus ``extra`` generated ones) into the dev lake."""
     from .demo import generate_records
     from .samples import brief_records
 

@@ -1,4 +1,4 @@
-"""Sample lake records: the brief's examples, verbatim (the generator is consumer.demo)."""
+"""Sample lake records: the examples of the original specification, verbatim (the generator is consumer.demo)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ MERCHANTS = [
 
 
 def brief_records() -> list[dict[str, Any]]:
-    """The records shown in the brief, verbatim (ids included), plus its two older-layout payloads."""
+    """The records of the original specification, verbatim (ids included), plus its two older-layout payloads."""
     return [
         {"id": "2ed7f2ee-99b7-4b8b-b60f-4d6b6aa1667c",
          "data": {"amt": Decimal("25.84"), "p_id": "Stripe", "exec_ms": 402, "st_code": 1,

@@ -15,7 +15,7 @@ from consumer import evaluation
 CORPUS = Path(__file__).resolve().parent / "corpus" / "real_payloads.jsonl"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "real_payloads.jsonl"
 
-# Measured with `make accuracy` (README, "How well it normalizes"): 249 of 259 normalized, every
+# Measured with `make accuracy` (docs/accuracy.md): 249 of 259 normalized, every
 # status right, 0 wrong amounts. The 10 left wait for the LLM step: error bodies that do not say
 # which provider wrote them ({code, message}, an HTML 500 page, a bare SkipJack change-status line).
 MIN_NORMALIZED = 249

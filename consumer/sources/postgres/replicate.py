@@ -170,7 +170,7 @@ def _session(settings: Settings, pool: ConnectionPool, fence: Fence, *, once: bo
                 raise lakemod.LakeError(problem)
             state = _prepare(settings, pool, fence, lake_conn, table, resnapshot)
             guard = lakemod.TableGuard(settings.lake_dsn, table, record=record)
-            guard.start(state.lake_relation)  # dropped, re-created or renamed since the last session: stop
+            guard.start(state.lake_relation)  # dropped, re-created or renamed since the last run: stop
             snapshot_rows = 0
             if not state.snapshot_done:
                 copied = run_snapshot(lake_conn, pool, fence, table, state, source=settings.source_tag,

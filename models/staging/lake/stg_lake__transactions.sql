@@ -24,7 +24,7 @@ renamed as (
             row_data -> {{ paynorm_sql_string(var('legacy_payload_column')) }}
         ) as raw_payload,
 
-        -- lake row image (column names are dbt vars: both lake layouts of the brief work)
+        -- lake row image (column names are dbt vars: both lake layouts work)
         row_data,
         row_data ->> {{ paynorm_sql_string(var('transaction_id_column')) }} as row_transaction_id,
         case when jsonb_typeof(row_data -> {{ paynorm_sql_string(var('merchant_column')) }}) = 'object'
