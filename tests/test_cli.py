@@ -87,7 +87,7 @@ def test_init_is_idempotent_and_status_reports_progress(env: Env) -> None:
     assert status.exit_code == 0, status.output
     assert "snapshot      done, 7/7 rows" in status.output
     assert "landed rows     7 (7 live" in status.output
-    assert re.search(r"WAL\s+[\d.,]+ (B|kB) of instance WAL past the confirmed position", status.output)
+    assert re.search(r"WAL\s+[\d.,]+ (B|KiB) of instance WAL past the confirmed position", status.output)
     assert re.search(r"lag\s+\d+ s behind \(oldest unapplied change committed", status.output), status.output
     as_json = _invoke(env, "status", "--json")
     assert '"rows": 7' in as_json.output

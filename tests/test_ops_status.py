@@ -144,3 +144,21 @@ def test_status_of_an_empty_warehouse(env: Env) -> None:
     info = collect(env.settings())
     assert info["warehouse_up"] and info["initialized"] is False
     assert "not initialized" in render(info)
+
+
+def test_lag_from_a_consumer_report_is_believed_only_while_fresh() -> None:
+    """Pure logic: a streaming consumer's report older than STALE_REPORT_SECONDS says nothing."""
+    from datetime import datetime, timedelta, timezone
+
+    from consumer.ops.status import STALE_REPORT_SECONDS, _lag
+
+    now = datetime(2026, 12, 2, 12, 0, tzinfo=timezone.utc)
+    streamed = {"lake_slot": {"active": True}, "behind_since": now - timedelta(seconds=42),
+                "lag_checked_at": now - timedelta(seconds=5)}
+    assert _lag(streamed, now)["seconds"] == 42 and _lag(streamed, now)["caught_up"] is False
+    assert _lag({**streamed, "behind_since": None}, now)["seconds"] == 0
+    stale = {**streamed, "lag_checked_at": now - timedelta(seconds=STALE_REPORT_SECONDS + 1)}
+    assert _lag(stale, now)["seconds"] is None and _lag(stale, now)["basis"].startswith("unknown")
+    assert _lag({"lake_slot": None}, now)["basis"] == "slot missing on the lake"
+    peeked = {"lake_slot": {"active": False}, "peeked": True, "oldest_unconfirmed_change": now - timedelta(minutes=3)}
+    assert _lag(peeked, now)["seconds"] == 180

@@ -282,6 +282,7 @@ def test_a_standby_consumer_takes_over_when_the_first_stops(env: Env, sig: int) 
     with env.lake_conn() as lake:
         insert_rows(lake, 25, start=3000)
     _eventually(lambda: _landed_count(env) == (90, 90), 30, "rows landed by the standby", second)
+    second.wait_for("batch:", timeout=10)  # logged just after the commit the count already sees
     assert "batch:" in second.read().split("taking over slot paynorm", 1)[1], second.text  # the second landed them
     assert _lake_count(env) == 90
     assert second.stop() == 0, second.text

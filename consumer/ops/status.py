@@ -24,6 +24,7 @@ from psycopg import conninfo
 
 from ..settings import Settings
 from ..sources.postgres import lake as lakemod
+from .progress import human_bytes
 
 __all__ = ["collect", "render", "STALE_REPORT_SECONDS"]
 
@@ -213,15 +214,8 @@ def _lag(slot: dict[str, Any], now: datetime) -> dict[str, Any]:
 # -- text ----------------------------------------------------------------------------------------
 
 
-def _human_bytes(n: int | None) -> str:
-    if n is None:
-        return "?"
-    value = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(value) < 1024 or unit == "TB":
-            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
+def _bytes(n: int | None) -> str:
+    return "?" if n is None else human_bytes(n)  # a lost slot has no restart_lsn
 
 
 def _human_seconds(s: float) -> str:
@@ -261,8 +255,8 @@ def render(info: dict[str, Any]) -> str:
         elif lake_slot:
             lines.append(f"  lake slot     {'active' if lake_slot['active'] else 'inactive'}, wal_status "
                          f"{lake_slot['wal_status']}, confirmed {lake_slot['confirmed_flush_lsn']}")
-            lines.append(f"  WAL           {_human_bytes(lake_slot['lag_bytes'])} of instance WAL past the confirmed"
-                         f" position, {_human_bytes(lake_slot['retained_bytes'])} retained")
+            lines.append(f"  WAL           {_bytes(lake_slot['lag_bytes'])} of instance WAL past the confirmed"
+                         f" position, {_bytes(lake_slot['retained_bytes'])} retained")
         lines.append(f"  lag           {_lag_line(slot['lag'])}")
     for poll in info.get("poll") or []:
         lines.append(f"poll            {poll['lake_table']}: watermark {poll['watermark'] or '-'}, "

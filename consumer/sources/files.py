@@ -69,6 +69,7 @@ import psycopg
 from .. import landing
 from ..ops import metrics
 from ..ops.progress import Progress as _Progress
+from ..ops.progress import human_bytes
 from ..errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, PaynormError, TransientError, require_dsn
 from ..faults import crashpoint
 from ..jsonutil import dumps_exact
@@ -547,7 +548,7 @@ class _Meter(io.RawIOBase):
         self.sha.update(data)
         self.bytes += len(data)
         if self.bytes > self.limit:
-            raise FileError("too_large", f"file grew past the size limit of {_human(self.limit)} while read "
+            raise FileError("too_large", f"file grew past the size limit of {human_bytes(self.limit)} while read "
                                          f"(PAYNORM_FILES_MAX_BYTES)")
         if self.progress is not None:
             self.progress.bytes(self.bytes)
@@ -579,7 +580,7 @@ class _Gunzip(io.RawIOBase):
         self.bytes += n
         if self.bytes > self.limit:
             raise FileError("too_large_decompressed",
-                            f"gzip content passed the size limit of {_human(self.limit)} once decompressed "
+                            f"gzip content passed the size limit of {human_bytes(self.limit)} once decompressed "
                             f"(PAYNORM_FILES_MAX_BYTES), after {self.compressed.bytes:,} compressed bytes: not "
                             f"loaded (split the file or raise the limit; a new version of the file is tried again)")
         b[:n] = data
@@ -1038,14 +1039,6 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"  # pragma: no cover
-
-
 # -- loading ----------------------------------------------------------------------------------------
 
 
@@ -1144,8 +1137,8 @@ class FileLoader:
                        None, stats)
             return
         if ref.size > self.max_bytes:
-            self._fail(ref, FileError("too_large", f"file is {_human(ref.size)}, larger than the limit of "
-                                                   f"{_human(self.max_bytes)} (PAYNORM_FILES_MAX_BYTES): "
+            self._fail(ref, FileError("too_large", f"file is {human_bytes(ref.size)}, larger than the limit of "
+                                                   f"{human_bytes(self.max_bytes)} (PAYNORM_FILES_MAX_BYTES): "
                                                    f"not downloaded; split it or raise the limit"), None, stats)
             return
         if ref.size == 0:
@@ -1199,7 +1192,7 @@ class FileLoader:
         metrics.ROWS_LANDED.labels("F").inc(landed)
         stats.bad_records += bad_records
         stats.tombstoned += gone
-        log.info("loaded %s (%s, %s): %s records, %s rows landed%s%s, %.1fs", ref.key, ref.fmt, _human(ref.size),
+        log.info("loaded %s (%s, %s): %s records, %s rows landed%s%s, %.1fs", ref.key, ref.fmt, human_bytes(ref.size),
                  f"{records:,}", f"{landed:,}", f", {bad_records:,} with decode errors" if bad_records else "",
                  f", {gone:,} records of the previous version tombstoned" if gone else "",
                  time.monotonic() - started,
