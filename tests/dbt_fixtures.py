@@ -65,6 +65,20 @@ def make_warehouse(tmp: Path, name: str = "pg") -> Iterator[Warehouse]:
         cluster.destroy()
 
 
+def built_warehouse(tmp: Path, name: str, rows: list[Any]) -> Iterator[Warehouse]:
+    """A warehouse with ``rows`` landed and every model built: the body of a module fixture."""
+    gen = make_warehouse(tmp, name)
+    w = next(gen)
+    try:
+        with w.connect() as conn:
+            land(conn, rows)
+        res = w.build()
+        assert res.success, res.summary()
+        yield w
+    finally:
+        gen.close()
+
+
 @pytest.fixture(scope="session")
 def dbt_tmp() -> Iterator[Path]:
     base = Path(os.environ.get("PAYNORM_TEST_TMP", tempfile.gettempdir()))

@@ -19,7 +19,7 @@ from psycopg.rows import dict_row
 
 from consumer import rules
 from tests.dbt_fixtures import (CHECKED_COLUMNS, Warehouse, land, landing_row, load_fixtures,  # noqa: F401
-                                make_warehouse, marts_schema, intermediate_schema)
+                                built_warehouse, make_warehouse, marts_schema, intermediate_schema)
 
 FIXTURES = load_fixtures()
 MARTS = marts_schema()
@@ -28,16 +28,7 @@ INTER = intermediate_schema()
 
 @pytest.fixture(scope="module")
 def wh(dbt_tmp: Path) -> Iterator[Warehouse]:  # noqa: F811
-    gen = make_warehouse(dbt_tmp)
-    w = next(gen)
-    with w.connect() as conn:
-        land(conn, [landing_row(k, v) for k, v in FIXTURES.items()])
-    res = w.build()
-    assert res.success, res.summary()
-    try:
-        yield w
-    finally:
-        gen.close()
+    yield from built_warehouse(dbt_tmp, "pg", [landing_row(k, v) for k, v in FIXTURES.items()])
 
 
 def rows(conn: psycopg.Connection, q: str, *a: Any) -> list[dict[str, Any]]:
@@ -107,14 +98,24 @@ def test_kpis(wh: Warehouse) -> None:
     with wh.connect() as conn:
         # brief_payu_like approved (422.45 USD) and declined (COP), same day/merchant/country (other
         # PayU fixtures are other merchants or days)
+        # one row per currency: the approved USD attempt and the declined COP one are two rows
         kp = rows(conn, f"select * from {MARTS}.payment_kpis_daily where provider = 'payu' "
-                        f"and merchant_id = '38b80531-5702-43b7-84e0-e7fb86bd73b5' and event_date = '2025-01-15'")
-        assert len(kp) == 1
-        k = kp[0]
-        assert (k["attempts"], k["approved"], k["declined"], k["errors"], k["pending"]) == (2, 1, 1, 0, 0)
-        assert k["approval_rate"] == Decimal("0.5000")
-        assert k["approved_volume_by_currency"] == {"USD": 422.45}
-        assert (k["latency_p50_ms"], k["latency_p95_ms"]) == (95, 741)
+                        f"and merchant_id = '38b80531-5702-43b7-84e0-e7fb86bd73b5' and event_date = '2025-01-15' "
+                        f"order by currency")
+        assert [k["currency"] for k in kp] == ["COP", "USD"]
+        assert [sum(k[c] for k in kp) for c in ("attempts", "approved", "declined", "errors", "pending")] == [2, 1, 1, 0, 0]
+        assert [(k["approval_rate"], k["approved_amount"]) for k in kp] == [
+            (Decimal("0.0000"), Decimal("0")), (Decimal("1.0000"), Decimal("422.45"))]
+        lat = rows(conn, f"select * from {MARTS}.payment_latency_daily where provider = 'payu' "
+                         f"and event_date = '2025-01-15'")
+        assert len(lat) == 1
+        observed = sorted(r[0] for r in conn.execute(
+            f"select latency_ms from {MARTS}.normalized_payment_events where provider = 'payu' and not is_test "
+            "and latency_ms is not null and event_type in ('authorization', 'sale', 'unknown') "
+            "and (event_at at time zone 'UTC')::date = '2025-01-15'").fetchall())
+        assert lat[0]["events_with_latency"] == len(observed) >= 2
+        assert lat[0]["latency_p50_ms"] in observed and lat[0]["latency_p95_ms"] in observed
+        assert lat[0]["latency_p50_ms"] <= lat[0]["latency_p95_ms"] <= lat[0]["latency_p99_ms"] == observed[-1]
         # test-mode Stripe charge is excluded from KPIs
         total = conn.execute(f"select sum(attempts) from {MARTS}.payment_kpis_daily where provider = 'stripe'").fetchone()[0]
         live_stripe = conn.execute(

@@ -1,8 +1,9 @@
-{#- Daily KPIs per provider, merchant and merchant country, over live (non-test) payment attempts
-    (event_type authorization, sale or unknown; refunds, captures, voids, chargebacks and
-    verifications are counted apart). Approval rate = approved / (approved + declined). Latency
-    percentiles are percentile_disc (an observed value, no float). Volume = approved amounts per
-    currency, numeric. Rebuilt in full at every run (one aggregate over the events). -#}
+{#- Daily payment KPIs over live (non-test) events, one row per UTC day, provider, merchant,
+    merchant country, card network, issuer country, payment method and currency. Attempts are
+    defined once (macro paynorm_is_attempt); refunds, voids and chargebacks are their own event
+    types, counted when completed (status approved). Volume never mixes currencies: each row holds
+    one currency, and events without a currency form their own bucket (currency NULL, amounts
+    withheld upstream, so approved_amount is NULL). Rebuilt in full at every run. -#}
 
 with
 
@@ -13,35 +14,23 @@ events as (
 
 ),
 
-attempts as (
+classified as (
 
     select
         (event_at at time zone 'UTC')::date as event_date,
         provider,
         merchant_id,
         merchant_country,
-        status,
-        latency_ms,
+        card_network,
+        issuer_country,
+        payment_method,
         currency,
-        amount,
-        event_type in ('authorization', 'sale', 'unknown') as is_attempt,
-        event_type = 'refund' as is_refund
+        status,
+        -- an amount is only meaningful with its currency: none in the currency-NULL bucket
+        case when currency is not null then amount end as amount,
+        {{ paynorm_is_attempt('event_type') }} as is_attempt,
+        event_type
     from events
-
-),
-
-volumes as (
-
-    select
-        event_date, provider, merchant_id, merchant_country,
-        jsonb_object_agg(coalesce(currency, 'unknown'), volume order by coalesce(currency, 'unknown')) as approved_volume_by_currency
-    from (
-        select event_date, provider, merchant_id, merchant_country, currency, sum(amount) as volume
-        from attempts
-        where is_attempt and status = 'approved' and amount is not null
-        group by 1, 2, 3, 4, 5
-    ) as v
-    group by 1, 2, 3, 4
 
 ),
 
@@ -52,46 +41,59 @@ daily as (
         provider,
         merchant_id,
         merchant_country,
+        card_network,
+        issuer_country,
+        payment_method,
+        currency,
         count(*) filter (where is_attempt) as attempts,
         count(*) filter (where is_attempt and status = 'approved') as approved,
         count(*) filter (where is_attempt and status = 'declined') as declined,
         count(*) filter (where is_attempt and status = 'error') as errors,
         count(*) filter (where is_attempt and status = 'pending') as pending,
         count(*) filter (where is_attempt and status in ('cancelled', 'expired')) as cancelled_or_expired,
-        count(*) filter (where is_refund) as refunds,
-        percentile_disc(0.5) within group (order by latency_ms) filter (where is_attempt) as latency_p50_ms,
-        percentile_disc(0.95) within group (order by latency_ms) filter (where is_attempt) as latency_p95_ms
-    from attempts
-    group by 1, 2, 3, 4
+        sum(amount) filter (where is_attempt and status = 'approved') as approved_amount,
+        count(*) filter (where is_attempt and status = 'approved' and amount is null) as approved_without_amount,
+        count(*) filter (where event_type = 'refund' and status = 'approved') as refunds,
+        sum(amount) filter (where event_type = 'refund' and status = 'approved') as refunded_amount,
+        count(*) filter (where event_type = 'void' and status = 'approved') as voids,
+        count(*) filter (where event_type = 'chargeback' and status = 'approved') as chargebacks
+    from classified
+    group by 1, 2, 3, 4, 5, 6, 7, 8
 
 ),
 
 final as (
 
     select
-        {{ paynorm_surrogate_key(['d.event_date', 'd.provider', 'd.merchant_id', 'd.merchant_country'], 'paynorm-kpi') }} as kpi_id,
-        d.event_date,
-        d.provider,
-        d.merchant_id,
-        d.merchant_country,
-        d.attempts,
-        d.approved,
-        d.declined,
-        d.errors,
-        d.pending,
-        d.cancelled_or_expired,
-        d.refunds,
-        case when d.approved + d.declined > 0
-            then round(d.approved::numeric / (d.approved + d.declined), 4) end as approval_rate,
-        d.latency_p50_ms,
-        d.latency_p95_ms,
-        coalesce(v.approved_volume_by_currency, '{}'::jsonb) as approved_volume_by_currency
-    from daily as d
-    left join volumes as v
-        on v.event_date is not distinct from d.event_date
-        and v.provider = d.provider
-        and v.merchant_id is not distinct from d.merchant_id
-        and v.merchant_country is not distinct from d.merchant_country
+        {{ paynorm_surrogate_key(['event_date', 'provider', 'merchant_id', 'merchant_country', 'card_network',
+                                  'issuer_country', 'payment_method', 'currency'], 'paynorm-kpi') }} as kpi_id,
+        event_date,
+        provider,
+        merchant_id,
+        merchant_country,
+        card_network,
+        issuer_country,
+        payment_method,
+        currency,
+        attempts,
+        approved,
+        declined,
+        errors,
+        pending,
+        cancelled_or_expired,
+        case when approved + declined > 0
+            then round(approved::numeric / (approved + declined), 4) end as approval_rate,
+        case when approved + declined > 0
+            then round(declined::numeric / (approved + declined), 4) end as decline_rate,
+        case when currency is not null then coalesce(approved_amount, 0) end as approved_amount,
+        approved_without_amount,
+        refunds,
+        case when currency is not null then coalesce(refunded_amount, 0) end as refunded_amount,
+        voids,
+        chargebacks,
+        case when approved > 0 then round(refunds::numeric / approved, 4) end as refund_rate,
+        case when approved > 0 then round(chargebacks::numeric / approved, 4) end as chargeback_rate
+    from daily
 
 )
 
