@@ -117,7 +117,8 @@ def write_profiles_dir(dsn: str, directory: str | Path, *, schema: str = DEFAULT
 # Session settings of dbt's connections (through PGOPTIONS):
 # - jit=off: the rules compile into one large query whose estimated cost always crosses
 #   jit_above_cost, and JIT-compiling it took 35 s of a 36 s incremental build on 20k rows
-#   (measured with EXPLAIN ANALYZE), for nothing in return.
+#   (measured with EXPLAIN ANALYZE), for nothing in return. dbt_project.yml switches it off in a
+#   model pre-hook as well, so a direct `dbt build` with profiles.example.yml gets it too.
 # - work_mem=64MB: the normalization hashes and sorts whole landing tables (model build, unique
 #   tests); with the default 4MB they spill to temporary files (external merges) at 100k rows.
 # - max_parallel_workers_per_gather=0: paynorm.try_timestamptz (consumer/sql/mappings.sql) has an

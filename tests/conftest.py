@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -138,32 +139,41 @@ class Env:
         assert not diff, f"{len(diff)} rows differ, e.g. {diff[0]}: lake={lake[diff[0]]} landed={landed[diff[0]]}"
 
 
-@pytest.fixture
-def env(lake_cluster: devdb.Cluster, wh_cluster: devdb.Cluster) -> Iterator[Env]:
-    n = next(_counter)
-    lake_db, wh_db = f"lake_{os.getpid()}_{n}", f"wh_{os.getpid()}_{n}"
+@contextmanager
+def fresh_env(lake_cluster: devdb.Cluster, wh_cluster: devdb.Cluster, suffix: str) -> Iterator[Env]:
+    """A lake and a warehouse database of their own on the session's clusters, dropped afterwards
+    with their slots and the child processes started through them."""
+    lake_db, wh_db = f"lake_{suffix}", f"wh_{suffix}"
     lake_dsn = devdb.setup_lake(lake_cluster, lake_db)
     wh_dsn = devdb.setup_warehouse(wh_cluster, wh_db, owner="warehouse")
     e = Env(lake_cluster, wh_cluster, lake_db, wh_db, lake_dsn, wh_dsn)
-    yield e
-    for proc in e.procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    if not lake_cluster.is_running():
-        lake_cluster.start()
-    with lake_cluster.connect() as conn:
-        for _ in range(50):
-            try:
-                conn.execute("select pg_terminate_backend(active_pid) from pg_replication_slots"
-                             " where database = %s and active_pid is not null", (lake_db,))
-                conn.execute("select pg_drop_replication_slot(slot_name) from pg_replication_slots"
-                             " where database = %s", (lake_db,))
-                break
-            except psycopg.errors.ObjectInUse:
-                time.sleep(0.1)
-    lake_cluster.drop_database(lake_db)
-    wh_cluster.drop_database(wh_db)
+    try:
+        yield e
+    finally:
+        for proc in e.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if not lake_cluster.is_running():
+            lake_cluster.start()
+        with lake_cluster.connect() as conn:
+            for _ in range(50):
+                try:
+                    conn.execute("select pg_terminate_backend(active_pid) from pg_replication_slots"
+                                 " where database = %s and active_pid is not null", (lake_db,))
+                    conn.execute("select pg_drop_replication_slot(slot_name) from pg_replication_slots"
+                                 " where database = %s", (lake_db,))
+                    break
+                except psycopg.errors.ObjectInUse:
+                    time.sleep(0.1)
+        lake_cluster.drop_database(lake_db)
+        wh_cluster.drop_database(wh_db)
+
+
+@pytest.fixture
+def env(lake_cluster: devdb.Cluster, wh_cluster: devdb.Cluster) -> Iterator[Env]:
+    with fresh_env(lake_cluster, wh_cluster, f"{os.getpid()}_{next(_counter)}") as e:
+        yield e
 
 
 def insert_rows(conn: psycopg.Connection, n: int, *, start: int = 0, payload: str | None = None) -> list[str]:
@@ -180,7 +190,7 @@ def insert_rows(conn: psycopg.Connection, n: int, *, start: int = 0, payload: st
     return [r[0] for r in rows]
 
 
-__all__ = ["Env", "insert_rows", "Decimal", "sql"]
+__all__ = ["Env", "fresh_env", "insert_rows", "Decimal", "sql"]
 
 
 def scram_role(cluster: Any, role: str, password: str, *, replication: bool = False) -> str:
