@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install postgres prometheus demo test accuracy clean dev-up dev-down lint help
+.PHONY: install postgres prometheus chromium demo test accuracy clean dev-up dev-down lint help
 
 help:
 	@echo "make demo   - local cluster, sample lake, the pipeline, a summary"
@@ -28,6 +28,10 @@ postgres:
 prometheus:
 	@bash scripts/ensure-prometheus.sh
 
+# Headless Chromium renders the HTML report in tests/test_report.py (screenshot and DOM).
+chromium:
+	@bash scripts/ensure-chromium.sh
+
 dev-up: install postgres
 	$(BIN)/paynorm dev up
 
@@ -40,8 +44,8 @@ demo: install postgres
 # Two workers (pytest-xdist): each starts its own lake and warehouse clusters; most tests wait on
 # PostgreSQL, dbt or a child process, so two halve the wall time on two cores. TEST_WORKERS=0: serial.
 TEST_WORKERS ?= 2
-test: install postgres prometheus
-	$(BIN)/python -m pytest -q -rs -n $(TEST_WORKERS) $(PYTEST_ARGS)
+test: install postgres prometheus chromium
+	$(BIN)/python -m pytest -q -rs --durations=20 -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # Labelled real payloads: the shared corpus when this checkout sits beside it, else the copy in tests/corpus.
 CORPUS ?= $(firstword $(wildcard ../shared/corpus/real_payloads.jsonl) tests/corpus/real_payloads.jsonl)

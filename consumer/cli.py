@@ -244,13 +244,17 @@ def _need(settings: Settings, *which: str) -> None:
 
 
 @cli.command()
+@click.option("--analyst-role", metavar="NAME", default=None,
+              help="Also create (if missing) the NOLOGIN group role NAME with read access to paynorm_marts "
+                   "only (tables dbt creates later included); grant it to analysts' login roles.")
 @click.pass_obj
-def init(settings: Settings) -> None:
+def init(settings: Settings, analyst_role: str | None = None) -> None:
     """Create the warehouse schemas (paynorm, raw) and the landing table; idempotent.
 
     \b
     Example:
         paynorm init
+        paynorm init --analyst-role paynorm_analyst   # then: grant paynorm_analyst to alice
     """
     import psycopg
 
@@ -261,7 +265,14 @@ def init(settings: Settings) -> None:
     with psycopg.connect(settings.warehouse_dsn, autocommit=True) as conn:
         init_warehouse(conn)
         rules.ensure_schema(conn)
+        if analyst_role:
+            from .landing.analyst import ensure_analyst_role
+
+            created = ensure_analyst_role(conn, analyst_role)
     click.echo("warehouse ready: schemas paynorm, raw; tables raw.lake_transactions, paynorm.mappings")
+    if analyst_role:
+        click.echo(f"analyst role {analyst_role} {'created' if created else 'updated'}: select on paynorm_marts "
+                   f"only; grant it to a login role with `grant {analyst_role} to <user>`")
 
 
 @cli.command()
@@ -452,7 +463,7 @@ def run(settings: Settings, once: bool | None, interval: float | None, source: s
 @cli.command()
 @click.option("--generate", "count", type=int, required=True, help="Records to generate.")
 @click.option("--seed", type=int, default=7, show_default=True, help="Random seed (same seed, same records).")
-@click.option("--days", type=int, default=7, show_default=True, help="Spread created_at over this many days.")
+@click.option("--days", type=int, default=30, show_default=True, help="Spread the records over this many days before a fixed anchor date.")
 @click.option("--dsn", default=None, help="Lake DSN allowed to INSERT (default: the `paynorm dev` cluster's lake).")
 @click.option("--jsonl", "jsonl", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write the records to this JSON Lines file instead of the lake.")
@@ -697,7 +708,7 @@ def transform(settings: Settings, select: tuple[str, ...], full_refresh: bool, n
 @cli.command()
 @click.pass_obj
 def summary(settings: Settings) -> None:
-    """A short report of the marts: events per provider and status, approval rate, quarantine reasons.
+    """A short report of the marts: outcomes, approval rate per provider, volume per currency, quarantine reasons.
 
     \b
     Example:
@@ -707,6 +718,25 @@ def summary(settings: Settings) -> None:
 
     _need(settings, "warehouse_dsn")
     click.echo(render_summary(settings.warehouse_dsn))
+
+
+@cli.command()
+@click.option("--html", "html_path", required=True, type=click.Path(dir_okay=False, writable=True),
+              help="Write the report to this file: one self-contained HTML page (inline CSS and SVG, opens offline).")
+@click.pass_obj
+def report(settings: Settings, html_path: str) -> None:
+    """Charts and tables of the marts: approval rate, decline reasons, volume per currency, latency, coverage.
+
+    Reads the marts in DATABASE_URL; run `paynorm run --once` (or `paynorm transform`) first.
+
+    \b
+    Example:
+        paynorm report --html .paynorm/report.html
+    """
+    from .report_html import write_html
+
+    _need(settings, "warehouse_dsn")
+    click.echo(f"wrote {write_html(settings.warehouse_dsn, html_path)}")
 
 
 @cli.command("eval")

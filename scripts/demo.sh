@@ -17,6 +17,9 @@ echo "== status =="
 $BIN/paynorm status
 echo "== summary =="
 $BIN/paynorm summary
+echo "== report: charts and tables of the marts, one self-contained HTML file =="
+$BIN/paynorm report --html .paynorm/report.html >/dev/null
+echo "report: $PWD/.paynorm/report.html  (open it in a browser, offline)"
 echo
 echo "Connect: psql \"\$DATABASE_URL\"  (after: source .paynorm/env)"
-echo "         select * from paynorm_marts.payment_kpis_daily order by day desc limit 20;"
+echo "         select * from paynorm_marts.payment_kpis_daily order by event_date desc limit 20;"
