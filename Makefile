@@ -41,9 +41,10 @@ dev-down: install
 demo: install postgres
 	@bash scripts/demo.sh
 
-# Two workers (pytest-xdist): each starts its own lake and warehouse clusters; most tests wait on
-# PostgreSQL, dbt or a child process, so two halve the wall time on two cores. TEST_WORKERS=0: serial.
-TEST_WORKERS ?= 2
+# Three workers (pytest-xdist): each starts its own lake and warehouse clusters; most tests wait on
+# PostgreSQL, dbt, Chromium or a child process, so on two cores a third worker still shortens the
+# wall time. TEST_WORKERS=0: serial.
+TEST_WORKERS ?= 3
 test: install postgres prometheus chromium
 	$(BIN)/python -m pytest -q -rs --durations=20 -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
