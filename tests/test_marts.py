@@ -35,7 +35,7 @@ def test_unit_tests_of_the_marts_pass(wh: Warehouse) -> None:
     ran = {n.unique_id.rsplit(".", 1)[-1] for n in res.nodes if n.status == "pass"}
     for name in ("kpis_rates_attempts_and_test_exclusion", "kpis_rates_null_without_outcomes",
                  "kpis_volume_per_currency_and_null_bucket", "declines_count_declined_attempts_only",
-                 "latency_percentiles_are_observed_values"):
+                 "latency_percentiles_are_observed_values", "coverage_counts_each_row_where_it_ended"):
         assert name in ran, (name, sorted(ran))
 
 
