@@ -367,8 +367,7 @@ def serve(settings: Settings, port: int, addr: str = "0.0.0.0") -> MetricsServer
     """Start the refresher and the HTTP server (once per process); the server."""
     if _served:
         return _served[0]
-    HEALTH.cycle_interval = settings.cycle_interval
-    CYCLE_INTERVAL.set(settings.cycle_interval)
+    # the cycle interval (HEALTH, paynorm_cycle_interval_seconds) is set by Pipeline.run, which owns it
     refresher = Refresher(settings)
     try:
         server = MetricsServer(addr, port, refresher)
