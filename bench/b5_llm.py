@@ -3,7 +3,8 @@ OpenAI-compatible server of the tests (tests/openai_stub.py, real HTTP).
 
 The lake rows are demo records (consumer.demo envelopes: ids, merchants, times) whose payload is
 replaced by one of K variants of an unknown gateway (``{"gateway": "acmepay", "txn<k>": {...}}``),
-replicated into the warehouse by the consumer. The stub answers every request with a valid rule for
+replicated into the warehouse by the consumer and built once (the step reads the rows the build
+could not place from normalization_pending). The stub answers every request with a valid rule for
 the variant it finds in the samples. Figures: calls (must equal K), tokens sent, wall time of
 `run_llm_step` (sampling, the request, validation of the rule against every row of its shape,
 storing it); then a second run, which must make 0 calls.
@@ -58,6 +59,9 @@ def run(b: Bench) -> tuple[list[Figure], dict[str, Any]]:
         from consumer.demo import insert_records
         insert_records(conn, iter(recs), chunk=5000)
     b.paynorm("replicate", "--once", env=b.consumer_env(lake_dsn, wh_dsn, "llm"), label="replicate-llm")
+    # the step asks about the rows the build could not place (normalization_pending): build once
+    b.paynorm("transform", env=b.consumer_env("", wh_dsn, "unused", PAYNORM_HOME=str(b.base / "home-llm")),
+              label="transform-llm")
     calls, tokens, secs, again, activated = [], [], [], [], []
     with OpenAIStub() as stub:
         stub.script = script

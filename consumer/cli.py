@@ -684,8 +684,11 @@ def mappings_show(settings: Settings, rule_id: str) -> None:
 @click.option("--select", "select", multiple=True, help="dbt selector (repeatable), e.g. marts.")
 @click.option("--full-refresh", is_flag=True, help="Rebuild incremental models from scratch.")
 @click.option("--no-sync", is_flag=True, help="Do not sync mappings/*.yml before building.")
+@click.option("--unit-tests", is_flag=True,
+              help="Run the dbt unit tests too (fixture inputs, not data: for development and CI).")
 @click.pass_obj
-def transform(settings: Settings, select: tuple[str, ...], full_refresh: bool, no_sync: bool) -> None:
+def transform(settings: Settings, select: tuple[str, ...], full_refresh: bool, no_sync: bool,
+              unit_tests: bool) -> None:
     """Sync the mapping rules and run `dbt build` in-process (profile built from DATABASE_URL).
 
     \b
@@ -698,7 +701,7 @@ def transform(settings: Settings, select: tuple[str, ...], full_refresh: bool, n
     _need(settings, "warehouse_dsn")
     try:
         result = tf.transform(settings.warehouse_dsn, home=settings.home, select=list(select) or None,
-                              full_refresh=full_refresh, sync_rules=not no_sync)
+                              full_refresh=full_refresh, sync_rules=not no_sync, unit_tests=unit_tests)
     except tf.TransformError as e:
         raise click.ClickException(str(e)) from e
     click.echo(result.summary())

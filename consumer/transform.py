@@ -254,8 +254,13 @@ def transform(dsn: str, *, home: str | Path = ".paynorm", select: Sequence[str] 
               exclude: Sequence[str] | None = None, full_refresh: bool = False, sync_rules: bool = True,
               mappings_dir: str | Path = rules.DEFAULT_DIR, vars: dict[str, Any] | None = None,
               target_path: str | Path | None = None, threads: int = 4, extra_args: Sequence[str] = (),
-              project_dir: str | Path | None = None, quiet: bool = False) -> TransformResult:
+              project_dir: str | Path | None = None, quiet: bool = False,
+              unit_tests: bool = False) -> TransformResult:
     """`paynorm transform`: make sure the paynorm tables exist, sync the built-in rules, `dbt build`.
+
+    The dbt unit tests are left out unless ``unit_tests``: their inputs are fixtures, not the
+    warehouse's data, so they say the same at every build (``make test`` runs them) and cost a
+    few seconds each of every production build.
 
     Refused rules are logged (``paynorm mappings validate`` shows why) and do not stop the build.
     One build per warehouse at a time: a second transform waits for the first (an advisory lock
@@ -273,7 +278,7 @@ def transform(dsn: str, *, home: str | Path = ".paynorm", select: Sequence[str] 
                                     ", ".join(sorted(res.refused)))
             return _build(dsn, home=home, select=select, exclude=exclude, full_refresh=full_refresh, vars=vars,
                           target_path=target_path, threads=threads, extra_args=extra_args,
-                          project_dir=project_dir, quiet=quiet)
+                          project_dir=project_dir, quiet=quiet, unit_tests=unit_tests)
         finally:
             lock_conn.execute("select pg_advisory_unlock(%s)", (TRANSFORM_LOCK_KEY,))
 
@@ -290,8 +295,11 @@ def _wait_transform_lock(conn: psycopg.Connection) -> None:
 
 def _build(dsn: str, *, home: str | Path, select: Sequence[str] | None, exclude: Sequence[str] | None,
            full_refresh: bool, vars: dict[str, Any] | None, target_path: str | Path | None, threads: int,
-           extra_args: Sequence[str], project_dir: str | Path | None, quiet: bool) -> TransformResult:
+           extra_args: Sequence[str], project_dir: str | Path | None, quiet: bool,
+           unit_tests: bool) -> TransformResult:
     args = ["build"]
+    if not unit_tests:
+        args += ["--exclude-resource-type", "unit_test"]
     if select:
         args += ["--select", *select]
     if exclude:

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 from psycopg import sql
 
-from consumer import report
+from consumer import report, transform
 from consumer.cli import cli
 from tests.dbt_fixtures import Warehouse, built_warehouse, land, landing_row, load_fixtures, marts_schema
 
@@ -37,6 +37,21 @@ def test_unit_tests_of_the_marts_pass(wh: Warehouse) -> None:
                  "kpis_volume_per_currency_and_null_bucket", "declines_count_declined_attempts_only",
                  "latency_percentiles_are_observed_values", "coverage_counts_each_row_where_it_ended"):
         assert name in ran, (name, sorted(ran))
+
+
+def test_production_builds_leave_the_unit_tests_to_ci(wh: Warehouse) -> None:
+    """`paynorm transform` skips the unit tests (fixtures, not data) unless asked: they cost seconds a
+    build and say the same at every build."""
+    plain = transform.transform(wh.dsn, home=wh.home, select=["payment_latency_daily"], sync_rules=False)
+    assert plain.success, plain.summary()
+    assert any(n.unique_id.startswith("model.") for n in plain.nodes)
+    assert not [n.unique_id for n in plain.nodes if n.unique_id.startswith("unit_test.")]
+    res = CliRunner().invoke(cli, ["transform", "--no-sync", "--unit-tests", "--select", "payment_latency_daily"],
+                             env={"DATABASE_URL": wh.dsn, "PAYNORM_HOME": str(wh.home)})
+    assert res.exit_code == 0, res.output
+    ran = json.loads((wh.home / "dbt" / "target" / "run_results.json").read_text())["results"]
+    assert "unit_test.paynorm.payment_latency_daily.latency_percentiles_are_observed_values" in {
+        r["unique_id"] for r in ran if r["status"] == "pass"}
 
 
 def test_kpis_agree_with_the_events(wh: Warehouse) -> None:
