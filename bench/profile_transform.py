@@ -14,7 +14,10 @@ nodes from run_results.json with the time per node kind (models, data tests, uni
 
 ``--explain`` runs EXPLAIN (ANALYZE, BUFFERS) of the compiled SELECT of int_transactions_normalized
 (target/compiled, with the session settings dbt gets from consumer/transform.py) and prints it.
-``--incremental N`` lands N more demo rows afterwards and times an incremental build.
+``--incremental N`` lands N more demo rows afterwards and times an incremental build; with
+``--compare`` the incremental result is then compared row for row with a ``--full-refresh`` of the
+same landing (every column but the build's own normalized_at and build_xmin): the incremental path
+must give exactly what a full build gives.
 ``--keep`` leaves the cluster running (its directory and a DSN are printed) for manual queries.
 """
 
@@ -108,12 +111,40 @@ def _explain(b: Bench, wh_db: str, home: Path) -> None:
         print(line)
 
 
+_BUILD_COLUMNS = ("normalized_at", "build_xmin")  # differ between any two builds by design
+
+
+def _snapshot(b: Bench, wh_db: str, table: str) -> int:
+    """Copy the normalized model (without the build's own columns) to ``table``; rows copied."""
+    with b.admin(wh_db) as conn:
+        cols = [r[0] for r in conn.execute(
+            "select column_name from information_schema.columns where table_schema = %s and table_name = %s"
+            " order by ordinal_position", (f"{tf.DEFAULT_SCHEMA}_intermediate", MODEL)).fetchall()
+            if r[0] not in _BUILD_COLUMNS]
+        conn.execute(sql.SQL("drop table if exists {t}; create table {t} as select {c} from {m}").format(
+            t=sql.Identifier(table), c=sql.SQL(", ").join(map(sql.Identifier, cols)),
+            m=sql.Identifier(f"{tf.DEFAULT_SCHEMA}_intermediate", MODEL)))
+        conn.commit()
+        return conn.execute(sql.SQL("select count(*) from {}").format(sql.Identifier(table))).fetchone()[0]  # type: ignore[index]
+
+
+def _compare(b: Bench, wh_db: str, left: str, right: str) -> tuple[int, int]:
+    """Rows of ``left`` not in ``right`` and the other way round (multiset difference)."""
+    with b.admin(wh_db) as conn:
+        diff = sql.SQL("select count(*) from (select * from {} except all select * from {}) d")
+        a = conn.execute(diff.format(sql.Identifier(left), sql.Identifier(right))).fetchone()[0]  # type: ignore[index]
+        z = conn.execute(diff.format(sql.Identifier(right), sql.Identifier(left))).fetchone()[0]  # type: ignore[index]
+        return a, z
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=100_000, help="demo rows landed by the consumer")
     ap.add_argument("--copies", type=int, default=1, help="multiply the landed rows in SQL (K copies in all)")
     ap.add_argument("--runs", type=int, default=1, help="full builds (each next to its own plain copy)")
     ap.add_argument("--incremental", type=int, default=0, help="then land N more rows and build incrementally")
+    ap.add_argument("--compare", action="store_true",
+                    help="after --incremental: compare its result row for row with a full refresh")
     ap.add_argument("--explain", action="store_true", help="EXPLAIN (ANALYZE, BUFFERS) the model's compiled SQL")
     ap.add_argument("--top", type=int, default=15)
     ap.add_argument("--keep", action="store_true", help="leave the cluster running")
@@ -142,6 +173,14 @@ def main() -> None:
             secs, results = _build(b, wh_dsn, home, "incremental", full_refresh=False)
             print(f"\n== incremental transform: {args.incremental:,} new rows on top of {n:,}: {secs:.1f}s")
             _print_nodes(results, args.top)
+            if args.compare:
+                rows = _snapshot(b, wh_db, "bench_incremental")
+                secs, _ = _build(b, wh_dsn, home, "full-compare", full_refresh=True)
+                _snapshot(b, wh_db, "bench_full")
+                only_incr, only_full = _compare(b, wh_db, "bench_incremental", "bench_full")
+                print(f"\n== row for row, {rows:,} rows: incremental result vs a full refresh ({secs:.1f}s) of the "
+                      f"same landing: {only_incr:,} rows only in the incremental one, {only_full:,} only in the full "
+                      f"one ({'identical' if only_incr == only_full == 0 else 'DIFFERENT'})")
         if args.keep:
             print(f"\ncluster kept: {b.base} (warehouse DSN {wh_dsn}; superuser DSN {b.cluster.dsn(wh_db)});"
                   f" stop with: {b.bindir}/pg_ctl -D {b.cluster.datadir} stop")
