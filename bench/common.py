@@ -315,11 +315,12 @@ class Sizes:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-# Quick: every benchmark, small, under 3 minutes. dbt builds cost ~12 s before they touch a row
-# (see README "Bottlenecks"), so the dbt-based cases run once, on a few thousand rows.
+# Quick: every benchmark, small, under 3 minutes. dbt builds cost ~10 s before they touch a row
+# (see README "Bottlenecks"), so the dbt-based cases run once, on a few thousand rows; the LLM step
+# validates each proposed rule with a dbt compile (~0.9 s a shape), so quick runs use 5 shapes.
 QUICK = Sizes(cdc_small=5_000, cdc_large=12_000, cdc_one_txn=8_000, cdc_runs=3, cdc_large_runs=3,
               snapshot_rows=10_000, snapshot_runs=3, latency_seconds=5, latency_runs=3, latency_rate=2000,
-              transform_rows=2_000, transform_incr=500, transform_runs=1, llm_rows=5_000, llm_shapes=10,
+              transform_rows=2_000, transform_incr=500, transform_runs=1, llm_rows=5_000, llm_shapes=5,
               llm_runs=3, e2e_small=2_000, e2e_large=0)
 # Full: the target sizes. What runs fewer than 3 times (README says why): the 1M and the
 # one-500k-txn CDC cases, the dbt builds and the end-to-end runs, once each.
