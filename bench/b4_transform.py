@@ -20,11 +20,9 @@ from .common import Bench, Figure, log, summary
 
 
 def _build(b: Bench, wh_dsn: str, label: str, *, full_refresh: bool = False) -> tuple[float, list[tuple[str, float]]]:
-    """`python -m consumer transform` (= consumer.transform.transform) in a subprocess: dbt keeps global
-    state and takes seconds to import, and a cron job pays both too."""
+    """One build (Bench.transform) and its slowest dbt nodes."""
     home = b.base / f"home-tf-{label}"
-    env = b.consumer_env("", wh_dsn, "unused", PAYNORM_HOME=str(home))
-    t = b.paynorm("transform", *(["--full-refresh"] if full_refresh else []), env=env, label=f"transform-{label}")
+    t = b.transform(wh_dsn, home, f"transform-{label}", full_refresh=full_refresh)
     nodes: list[tuple[str, float]] = []
     rr = home / "dbt" / "target" / "run_results.json"
     if rr.exists():

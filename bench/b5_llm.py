@@ -60,8 +60,7 @@ def run(b: Bench) -> tuple[list[Figure], dict[str, Any]]:
         insert_records(conn, iter(recs), chunk=5000)
     b.paynorm("replicate", "--once", env=b.consumer_env(lake_dsn, wh_dsn, "llm"), label="replicate-llm")
     # the step asks about the rows the build could not place (normalization_pending): build once
-    b.paynorm("transform", env=b.consumer_env("", wh_dsn, "unused", PAYNORM_HOME=str(b.base / "home-llm")),
-              label="transform-llm")
+    b.transform(wh_dsn, b.base / "home-llm", "transform-llm")
     calls, tokens, secs, again, activated = [], [], [], [], []
     with OpenAIStub() as stub:
         stub.script = script

@@ -232,6 +232,12 @@ class Bench:
     def paynorm(self, *args: str, env: dict[str, str], label: str, check: bool = True) -> Timed:
         return self.run([sys.executable, "-m", "consumer", *args], env=env, label=label, check=check)
 
+    def transform(self, wh_dsn: str, home: Path, label: str, *, full_refresh: bool = False, **extra: str) -> Timed:
+        """`paynorm transform` on ``wh_dsn`` in a subprocess (dbt keeps global state and takes seconds to
+        import, and a cron job pays both too), its dbt files under ``home`` (run_results.json there)."""
+        env = self.consumer_env("", wh_dsn, "unused", PAYNORM_HOME=str(home), **extra)
+        return self.paynorm("transform", *(["--full-refresh"] if full_refresh else []), env=env, label=label)
+
 
 class _PeakRss:
     """Peak RSS of a child, sampled from /proc/<pid>/status VmHWM every 50 ms.
@@ -316,7 +322,7 @@ class Sizes:
 
 
 # Quick: every benchmark, small, under 3 minutes. dbt builds cost ~10 s before they touch a row
-# (see README "Bottlenecks"), so the dbt-based cases run once, on a few thousand rows; the LLM step
+# (see README "Where the time goes"), so the dbt-based cases run once, on a few thousand rows; the LLM step
 # validates each proposed rule with a dbt compile (~0.9 s a shape), so quick runs use 5 shapes.
 QUICK = Sizes(cdc_small=5_000, cdc_large=12_000, cdc_one_txn=8_000, cdc_runs=3, cdc_large_runs=3,
               snapshot_rows=10_000, snapshot_runs=3, latency_seconds=5, latency_runs=3, latency_rate=2000,

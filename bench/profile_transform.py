@@ -91,8 +91,7 @@ def _print_nodes(results: list[dict[str, Any]], top: int) -> None:
 
 
 def _build(b: Bench, wh_dsn: str, home: Path, label: str, *, full_refresh: bool) -> tuple[float, list[dict[str, Any]]]:
-    env = b.consumer_env("", wh_dsn, "unused", PAYNORM_HOME=str(home), PAYNORM_LOG_LEVEL="WARNING")
-    t = b.paynorm("transform", *(["--full-refresh"] if full_refresh else []), env=env, label=label)
+    t = b.transform(wh_dsn, home, label, full_refresh=full_refresh, PAYNORM_LOG_LEVEL="WARNING")
     return t.seconds, _nodes(home)
 
 
@@ -149,6 +148,8 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=15)
     ap.add_argument("--keep", action="store_true", help="leave the cluster running")
     args = ap.parse_args()
+    if args.compare and not args.incremental:
+        ap.error("--compare compares an incremental build: give --incremental N")
     b = Bench(quick=True)
     try:
         lake_db, wh_db = "lake_prof", "wh_prof"

@@ -31,7 +31,7 @@ def docs(dbt_tmp: Path) -> Iterator[dict[str, Any]]:
         with w.connect() as conn:
             land(conn, [landing_row(k, v) for k, v in load_fixtures().items()])
         # Seeds and models only: the docs need the relations, not the data tests' verdicts.
-        res = transform.transform(w.dsn, home=w.home, exclude=["resource_type:test", "resource_type:unit_test"])
+        res = transform.transform(w.dsn, home=w.home, exclude=["resource_type:test"])
         assert res.success, res.summary()
         log_file = w.home / "dbt" / "logs" / "dbt.log"
         log_file.unlink(missing_ok=True)  # keep only this invocation's events

@@ -34,7 +34,7 @@ def project(dbt_tmp: Path) -> Iterator[tuple[Warehouse, Path, dict[str, str]]]:
     try:
         with w.connect() as conn:
             land(conn, [landing_row(k, v) for k, v in load_fixtures().items()])
-        res = transform.transform(w.dsn, home=w.home, exclude=["resource_type:test", "resource_type:unit_test"])
+        res = transform.transform(w.dsn, home=w.home, exclude=["resource_type:test"])
         assert res.success, res.summary()
         proj = dbt_tmp / "mf-project"
         proj.mkdir()
