@@ -10,17 +10,9 @@ select
     u.lake_key,
     u.load_seq,
     ls.status as llm_shape_status,
-    case
-        when u.decode_error is not null or u.payload is null or u.payload_format = 'empty' then 'quarantine'
-        when ls.status is null then 'pending'
-        else 'quarantine'
-    end as outcome,
-    case
-        when u.decode_error is not null or u.payload is null or u.payload_format = 'empty' then 'decode_error'
-        when ls.status is null then null
-        when ls.status = 'unmappable' then 'llm_unmappable'
-        else 'no_rule'
-    end as reason
+    {%- set undecodable = "u.decode_error is not null or u.payload is null or u.payload_format = 'empty'" %}
+    {{ paynorm_unmatched_case('outcome', undecodable, 'ls.status') }} as outcome,
+    {{ paynorm_unmatched_case('reason', undecodable, 'ls.status') }} as reason
     {%- for c in passthrough %},
     u.{{ adapter.quote(c) }}
     {%- endfor %}

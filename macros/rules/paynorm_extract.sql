@@ -3,10 +3,14 @@
     rule only (paynorm_extract_rule: one text array per rule), then the array is split into typed
     columns (paynorm_extracted_columns). With no active rule, an empty relation of the same
     columns. `passthrough`: columns of `relation` carried along unchanged after the extracted ones
-    (saves joining back to `relation` on lake_key). -#}
-{% macro paynorm_extract(relation, rules, passthrough=[]) -%}
+    (saves joining back to `relation` on lake_key). `keep_unmatched`: rows no rule matched come out
+    too, with every extracted column NULL (one pass over `relation` for every outcome). -#}
+{% macro paynorm_extract(relation, rules, passthrough=[], keep_unmatched=false) -%}
   {%- if passthrough is string -%}
     {{ exceptions.raise_compiler_error("paynorm_extract: passthrough must be a list of column names") }}
+  {%- endif -%}
+  {%- if keep_unmatched is not sameas true and keep_unmatched is not sameas false -%}
+    {{ exceptions.raise_compiler_error("paynorm_extract: keep_unmatched must be true or false") }}
   {%- endif -%}
   {%- set none_rule = {'id': 'none', 'rule_hash': 'none', 'priority': 0,
                        'rule': {'provider': {'const': 'unknown'}, 'fields': {'status': {}}}} -%}
@@ -33,9 +37,13 @@ from (
         {%- endfor %}
         end as extracted
     from {{ relation }} as m
+    {%- if not keep_unmatched %}
     where m.mapping_id is not null
+    {%- endif %}
     -- a planner fence: without it the CASE would be evaluated once per column read from its array
     offset 0
 ) as e
+{%- if not keep_unmatched %}
 where e.extracted is not null
+{%- endif %}
 {%- endmacro %}
