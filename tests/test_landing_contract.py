@@ -112,6 +112,22 @@ def test_every_write_stamps_the_writing_transaction(wh: psycopg.Connection) -> N
     assert now == xid and int(now) > int(first)
 
 
+def test_large_images_are_stored_with_lz4(wh: psycopg.Connection) -> None:
+    """Every jsonpath of a build decompresses a compressed payload again: the landing asks for lz4
+    (Debian's PostgreSQL has it), and a row image past the TOAST threshold is written with it."""
+    methods = dict(wh.execute("select attname, attcompression::text from pg_attribute where attrelid ="
+                              " 'raw.lake_transactions'::regclass and attname in ('payload', 'row_data')").fetchall())
+    assert methods == {"payload": "l", "row_data": "l"}
+    big = {"amount": "1.00", "note": "x" * 6000}
+    _write(wh, "poll", _image("lz4", big, lsn=None, op="P"))
+    wh.commit()
+    row = wh.execute("select pg_column_compression(payload), payload->'note' = to_jsonb(%s::text)"
+                     " from raw.lake_transactions where lake_key = 'lz4'", ("x" * 6000,)).fetchone()
+    assert row == ("lz4", True)
+    landing.init_warehouse(wh)  # already lz4: no ALTER (it would wait for every reader of the landing)
+    wh.commit()
+
+
 # -- the handoff to dbt, by commit order ------------------------------------------------------------
 
 

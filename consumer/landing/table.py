@@ -139,12 +139,15 @@ class LandingBatch:
 
 # row_data and payload are jsonb here so COPY parses each once; payload_key (when set) names the
 # row_data key the payload is spliced back into (staged_records left it out of row_data).
+# toast_tuple_target: a staged row under 8 kB is not compressed here, so the landing compresses it with
+# its own method (lz4, warehouse.sql); a value compressed here would be copied into the landing as it
+# is, with the default pglz, which every jsonpath of a build then has to decompress.
 STAGING_DDL = """
 create temp table if not exists _paynorm_landing (
     lake_key text, row_data jsonb, partial boolean, has_payload boolean, payload jsonb,
     payload_format text, decode_error text, shape_key text, op text, deleted boolean,
     lake_lsn text, lake_xid bigint, committed_at text, payload_key text
-) on commit delete rows
+) with (toast_tuple_target = 8160) on commit delete rows
 """
 
 _UPSERT_TEMPLATE = """
