@@ -19,10 +19,7 @@ renamed as (
         payload,
         payload_format,
         decode_error,
-        coalesce(
-            row_data -> {{ paynorm_sql_string(var('payload_column')) }},
-            row_data -> {{ paynorm_sql_string(var('legacy_payload_column')) }}
-        ) as raw_payload,
+        {{ paynorm_raw_payload('row_data') }} as raw_payload,
 
         -- lake row image (column names are dbt vars: both lake layouts work)
         row_data,
