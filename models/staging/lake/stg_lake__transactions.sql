@@ -24,12 +24,12 @@ renamed as (
         -- lake row image (column names are dbt vars: both lake layouts work)
         row_data,
         row_data ->> {{ paynorm_sql_string(var('transaction_id_column')) }} as row_transaction_id,
-        case when jsonb_typeof(row_data -> {{ paynorm_sql_string(var('merchant_column')) }}) = 'object'
-            then row_data -> {{ paynorm_sql_string(var('merchant_column')) }} ->> 'id' end as row_merchant_id,
-        case when jsonb_typeof(row_data -> {{ paynorm_sql_string(var('merchant_column')) }}) = 'object'
-            then row_data -> {{ paynorm_sql_string(var('merchant_column')) }} ->> 'name' end as row_merchant_name,
-        case when jsonb_typeof(row_data -> {{ paynorm_sql_string(var('merchant_column')) }}) = 'object'
-            then row_data -> {{ paynorm_sql_string(var('merchant_column')) }} ->> 'country' end as row_merchant_country,
+        -- a path, not `case when jsonb_typeof(merchant) = 'object'`: the same (a path through an array
+        -- or a scalar is NULL) with one read of the row image instead of two, which costs a
+        -- decompression each time the image is compressed (a 1M-row build: 1.6 s)
+        row_data #>> array[{{ paynorm_sql_string(var('merchant_column')) }}, 'id'] as row_merchant_id,
+        row_data #>> array[{{ paynorm_sql_string(var('merchant_column')) }}, 'name'] as row_merchant_name,
+        row_data #>> array[{{ paynorm_sql_string(var('merchant_column')) }}, 'country'] as row_merchant_country,
         row_data ->> {{ paynorm_sql_string(var('source_column')) }} as row_source,
         {{ adapter.quote(var('paynorm_schema')) }}.try_timestamptz(
             row_data ->> {{ paynorm_sql_string(var('created_at_column')) }}
