@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -10,6 +11,7 @@ from decimal import Decimal
 import pytest
 from psycopg import sql
 
+from consumer.decode import decode_payload
 from consumer.sources.postgres.cdc import load_state
 from consumer.sources.postgres.replicate import EXIT_FENCED, EXIT_OK, EXIT_SLOT_LOST, replicate
 
@@ -456,3 +458,25 @@ def test_integer_keys_snapshot_in_many_chunks(env: Env) -> None:
     with env.wh_conn() as wh:
         keys = sorted(int(k) for (k,) in wh.execute("select lake_key from raw.lake_transactions").fetchall())
     assert keys == list(range(1, 46))
+
+
+@pytest.mark.parametrize("decode_process", [True, False])
+def test_the_stream_decodes_alike_in_a_worker_or_here(env: Env, decode_process: bool) -> None:
+    """Payloads of every format, decoded in the decode worker or in the consumer's own thread, land
+    as decode_payload makes them (payload, format, error, shape key), in several batches."""
+    run_once(env)  # snapshot of an empty table; what follows comes from the stream
+    payloads = [json.dumps({"amount": "1.10", "status": "approved"}),
+                json.dumps("<r><status>OK</status><amount>2.20</amount></r>"),
+                json.dumps("status=declined&amount=3.30"), json.dumps("{broken"), json.dumps([1, 2])]
+    with env.lake_conn() as lake:
+        for i in range(25):
+            insert_rows(lake, 100, start=i * 100, payload=payloads[i % len(payloads)])
+    run_once(env, decode_process=decode_process, batch_size=300)
+    with env.wh_conn() as wh:
+        landed = wh.execute("select payload::text, payload_format, decode_error, shape_key,"
+                            " (row_data->'data')::text from raw.lake_transactions").fetchall()
+    assert len(landed) == 2500
+    for payload, fmt, error, shape, raw in landed:
+        d = decode_payload(raw, is_json=True)  # the column's JSON text, as wal2json sends it
+        assert (fmt, error, shape) == (d.payload_format, d.decode_error, d.shape_key)
+        assert (json.loads(payload) if payload else None) == (json.loads(d.payload) if d.payload else None)

@@ -7,6 +7,7 @@ rows processed) only after that returns. Source precedence is the upsert's (``ta
 """
 
 from .commit import Checkpoint, Fence, commit
+from .decoder import DecodeWorker
 from .table import (
     PAYLOAD_COLUMN_CANDIDATES,
     STAGED_COLUMNS,
@@ -16,7 +17,9 @@ from .table import (
     encode_json_value,
     encode_text_value,
     init_warehouse,
+    payload_pairs,
     stage,
+    stage_rows,
     staged_owned_elsewhere,
     staged_records,
     tombstone_source,
@@ -26,8 +29,8 @@ from .table import (
 )
 
 __all__ = [
-    "Checkpoint", "Fence", "commit",
+    "Checkpoint", "Fence", "commit", "DecodeWorker",
     "PAYLOAD_COLUMN_CANDIDATES", "STAGED_COLUMNS", "STAGING_DDL", "LandingBatch", "LandingRow", "encode_json_value",
-    "encode_text_value", "init_warehouse", "stage", "staged_owned_elsewhere", "staged_records", "tombstone_source",
+    "encode_text_value", "init_warehouse", "payload_pairs", "stage", "stage_rows", "staged_owned_elsewhere", "staged_records", "tombstone_source",
     "tombstone_unstaged", "upsert_staged", "write_batch",
 ]

@@ -227,7 +227,7 @@ def _row_json(columns: dict[str, str], skip: str | None = None) -> str:
     return "{" + ",".join(parts) + "}"
 
 
-def staged_records(batch: LandingBatch) -> Iterable[tuple[Any, ...]]:
+def staged_records(batch: LandingBatch, decoded: Sequence[tuple[Any, ...]] | None = None) -> Iterable[tuple[Any, ...]]:
     """The batch's rows as staged records (``STAGED_COLUMNS``), payloads decoded.
 
     When the decoded payload is the payload column's own JSON text (a JSON object in a jsonb
@@ -235,11 +235,26 @@ def staged_records(batch: LandingBatch) -> Iterable[tuple[Any, ...]]:
     crosses the wire and is parsed into jsonb once instead of twice; the upsert splices it back
     into row_data, which still holds the full image.
     """
-    for r in batch.rows.values():
+    return _staged(list(batch.rows.values()), batch.max_payload_bytes, decoded)
+
+
+def payload_pairs(rows: Iterable[LandingRow]) -> list[tuple[str | None, bool]]:
+    """What decoding needs of the rows that carry a payload, in order: (text, is_json) pairs
+    (``decoder.DecodeWorker`` decodes them in another process; ``stage_rows`` takes the results)."""
+    return [(r.payload_raw, r.payload_is_json) for r in rows if r.has_payload]
+
+
+def _staged(rows: Sequence[LandingRow], max_bytes: int,
+            decoded: Sequence[tuple[Any, ...]] | None) -> Iterable[tuple[Any, ...]]:
+    results = iter(decoded) if decoded is not None else None
+    for r in rows:
         payload = fmt = err = shape = key = None
         if r.has_payload:
-            d = decode_payload(r.payload_raw, is_json=r.payload_is_json, max_bytes=batch.max_payload_bytes)
-            payload, fmt, err, shape = d.payload, d.payload_format, d.decode_error, d.shape_key
+            if results is None:
+                d = decode_payload(r.payload_raw, is_json=r.payload_is_json, max_bytes=max_bytes)
+                payload, fmt, err, shape = d.payload, d.payload_format, d.decode_error, d.shape_key
+            else:
+                payload, fmt, err, shape = next(results)
             pc = r.payload_column
             if pc is not None and payload is not None and r.columns.get(pc) == payload:
                 key = pc
@@ -251,6 +266,14 @@ def stage(batch: LandingBatch) -> list[tuple[Any, ...]]:
     """Decode the batch now (CPU work, no database): ``write_batch`` can take the result later,
     on another thread, after the batch itself has been cleared and refilled."""
     return list(staged_records(batch))
+
+
+def stage_rows(rows: Sequence[LandingRow], max_bytes: int,
+               decoded: Sequence[tuple[Any, ...]] | None = None) -> list[tuple[Any, ...]]:
+    """``stage`` for rows taken out of a batch, with their payloads already decoded elsewhere
+    (``decoded``: one (payload, format, error, shape key) tuple per row with a payload, in order)
+    or decoded now."""
+    return list(_staged(rows, max_bytes, decoded))
 
 
 def write_batch(conn: psycopg.Connection, batch: LandingBatch | None, records: list[tuple[Any, ...]] | None = None,

@@ -35,7 +35,7 @@ from psycopg_pool import ConnectionPool
 from ... import landing
 from ...ops import metrics
 from ...faults import crashpoint
-from ...landing import LandingBatch, stage, tombstone_source, write_batch
+from ...landing import DecodeWorker, LandingBatch, payload_pairs, stage, stage_rows, tombstone_source, write_batch
 from . import lake as lakemod
 from .lake import ChangeConverter, LakeTable, int_to_lsn, lsn_to_int
 
@@ -155,13 +155,15 @@ class Applier:
     while batch N is copied, upserted and committed, batch N+1 is being decoded. Batches commit in
     order, each with the position of the last transaction it completes, and a position is reported
     to ``on_commit`` (which confirms it to the lake) only after its commit, from this thread. At
-    most one batch is in flight, so memory stays at about two batches.
+    most one batch is in flight, so memory stays at about two batches. With ``decode_process``, the
+    payloads are decoded in a child process (``landing.DecodeWorker``) while this thread parses
+    the next batch; the writer stages the batch when the decoded payloads are back.
     """
 
     def __init__(self, pool: ConnectionPool, fence: Fence, table: LakeTable, state: ReplicationState, *,
                  source: str, batch_size: int, max_payload_bytes: int,
                  on_commit: Callable[[int], None] | None = None,
-                 on_relation_change: Callable[[], LakeTable] | None = None) -> None:
+                 on_relation_change: Callable[[], LakeTable] | None = None, decode_process: bool = False) -> None:
         self.pool = pool
         self.fence = fence
         self.slot = state.slot_name
@@ -183,6 +185,7 @@ class Applier:
         self.on_commit = on_commit
         self.stats = ApplyStats()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="paynorm-writer")
+        self._decoder = DecodeWorker(max_payload_bytes) if decode_process else None
         self._inflight: deque[Future[_Committed]] = deque()
         self.jobs_submitted = 0  # batches handed to the writer
         self.jobs_committed = 0  # of which committed (and reported to on_commit)
@@ -199,6 +202,8 @@ class Applier:
     def close(self) -> None:
         """Stop the writer: a batch already being written finishes (committed or not), none starts."""
         self._writer.shutdown(wait=True, cancel_futures=True)
+        if self._decoder is not None:
+            self._decoder.close()
 
     # one wal2json object
     def feed(self, obj: dict[str, Any]) -> None:
@@ -242,10 +247,16 @@ class Applier:
         """Hand what is buffered to the writer, with the position of the last complete transaction;
         with ``wait``, return once everything handed over is committed (``applied`` is then final)."""
         if self.batch.rows or self.complete > self.submitted:
-            records = stage(self.batch)  # decode here, while the writer may still be busy
             source = self.batch.source
             ops = Counter(r.op for r in self.batch.rows.values())
-            self._submit(lambda conn: write_batch(conn, None, records, source=source), ops, wait=wait)
+            if self._decoder is not None and self._decoder.alive:
+                rows, max_bytes = list(self.batch.rows.values()), self.batch.max_payload_bytes
+                decoded = self._decoder.submit(payload_pairs(rows))  # decoding starts now, elsewhere
+                self._submit(lambda conn: write_batch(conn, None, stage_rows(rows, max_bytes, decoded.result()),
+                                                      source=source), ops, wait=wait)
+            else:
+                records = stage(self.batch)  # decode here, while the writer may still be busy
+                self._submit(lambda conn: write_batch(conn, None, records, source=source), ops, wait=wait)
         elif wait:
             self.drain()
 

@@ -184,7 +184,7 @@ def _session(settings: Settings, pool: ConnectionPool, fence: Fence, *, once: bo
                 assert state is not None
         g = guard
         applier = Applier(pool, fence, table, state, source=settings.source_tag, batch_size=settings.batch_size,
-                          max_payload_bytes=settings.max_payload_bytes,
+                          max_payload_bytes=settings.max_payload_bytes, decode_process=settings.decode_process,
                           on_relation_change=lambda: g.describe_again(settings.table, settings.payload_column))
         applier.stats.snapshot_rows = snapshot_rows
         options = lakemod.wal2json_options(table)

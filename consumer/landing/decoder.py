@@ -1,0 +1,137 @@
+"""Payload decoding in a child process, so that it runs on another core than the stream's parse.
+
+Decoding a payload (``consumer.decode.decode_payload``: JSON, XML, CSV, name=value, the shape key)
+is most of the consumer's CPU per row and is pure: a batch's payloads go to a child process as
+(text, is_json) pairs and come back as (payload, format, error, shape key) tuples, in order, over
+the child's stdin and stdout. The child holds no other descriptor of ours (stderr goes to
+/dev/null) and ends at end of input, i.e. when we close its pipe or die, however we die (a
+parent-death signal as well): a killed consumer leaves no worker behind holding anything open.
+
+If the child cannot start or fails, the batch is decoded here instead and decoding stays here from
+then on, with a warning: the same results, only slower.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import struct
+import subprocess
+import sys
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import IO, Sequence
+
+from ..decode import decode_payload
+
+__all__ = ["DecodeWorker", "decode_pairs", "Pairs", "Results"]
+
+log = logging.getLogger(__name__)
+
+Pairs = Sequence[tuple[str | None, bool]]
+Results = list[tuple[str | None, str, str | None, str | None]]
+
+_LEN = struct.Struct("<Q")
+
+
+def decode_pairs(pairs: Pairs, max_bytes: int) -> Results:
+    """Decode (text, is_json) pairs in this process."""
+    out: Results = []
+    for raw, is_json in pairs:
+        d = decode_payload(raw, is_json=is_json, max_bytes=max_bytes)
+        out.append((d.payload, d.payload_format, d.decode_error, d.shape_key))
+    return out
+
+
+def _send(stream: IO[bytes], obj: object) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_LEN.pack(len(data)))
+    stream.write(data)
+    stream.flush()
+
+
+def _receive(stream: IO[bytes]) -> object | None:
+    head = stream.read(_LEN.size)
+    if len(head) < _LEN.size:
+        return None
+    size = _LEN.unpack(head)[0]
+    data = stream.read(size)
+    if len(data) < size:
+        return None
+    return pickle.loads(data)  # noqa: S301 - our own child, over its private pipe
+
+
+class DecodeWorker:
+    """One decoding child process; ``submit`` returns a future of the decoded batch.
+
+    Batches are decoded one at a time in submission order (one thread talks to the child). Use as a
+    context manager, or call ``close``: the child then reaches end of input, exits and is reaped
+    (its CPU time counts in ours).
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        self._talker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="paynorm-decode")
+        try:
+            self._proc = subprocess.Popen([sys.executable, "-m", "consumer.landing._decode_worker"],
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                          stderr=subprocess.DEVNULL, close_fds=True)
+        except OSError as e:
+            log.warning("payload decoding stays in this process: the decode worker did not start (%s)", e)
+
+    def __enter__(self) -> DecodeWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def submit(self, pairs: Pairs) -> Future[Results]:
+        return self._talker.submit(self._decode, list(pairs))
+
+    def _decode(self, pairs: Pairs) -> Results:
+        proc = self._proc
+        if proc is not None and pairs:
+            try:
+                assert proc.stdin is not None and proc.stdout is not None
+                _send(proc.stdin, (self.max_bytes, pairs))
+                answer = _receive(proc.stdout)
+                if isinstance(answer, list) and len(answer) == len(pairs):
+                    return answer
+                reason = "it ended" if answer is None else f"it answered {type(answer).__name__}"
+            except (OSError, ValueError, pickle.PickleError) as e:
+                reason = str(e) or type(e).__name__
+            log.warning("payload decoding moves back to this process: the decode worker failed (%s)", reason)
+            self._stop()
+        return decode_pairs(pairs, self.max_bytes)
+
+    def _stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        for stream in (proc.stdin, proc.stdout):
+            try:
+                if stream is not None:
+                    stream.close()
+            except OSError:
+                pass
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def close(self) -> None:
+        """Finish what was submitted, then end the child and reap it."""
+        self._talker.shutdown(wait=True)
+        self._stop()
+
