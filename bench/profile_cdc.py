@@ -115,7 +115,8 @@ def _cpu_split(b: Bench, argv: list[str], env: dict[str, str], rows: int) -> Non
         kind = "walsender" if "walsender" in title else "warehouse backends" if " wh_prof " in title \
             else "other postgres (checkpointer, wal writer, ...)"
         kinds[kind] += used
-    kinds["consumer (python, all threads)"] = usage.ru_utime + usage.ru_stime
+    # wait4 counts the children the consumer reaped: its decode worker too
+    kinds["consumer (python, all threads, decode worker)"] = usage.ru_utime + usage.ru_stime
     total = sum(kinds.values())
     print(f"{rows:,} rows in {wall:.2f}s wall = {rows / wall:,.0f} rows/s; {total / wall:.2f} cores busy on average")
     for kind, cpu in kinds.most_common():

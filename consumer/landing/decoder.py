@@ -18,7 +18,6 @@ import pickle
 import struct
 import subprocess
 import sys
-import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, Sequence
 
@@ -69,11 +68,20 @@ class DecodeWorker:
     (its CPU time counts in ours).
     """
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, *, start: bool = True) -> None:
         self.max_bytes = max_bytes
         self._proc: subprocess.Popen[bytes] | None = None
-        self._lock = threading.Lock()
         self._talker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="paynorm-decode")
+        self.started = False
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Start the child (once): a second Python process costs its start-up (~0.3 s of CPU), which
+        only a backlog repays."""
+        if self.started:
+            return
+        self.started = True
         try:
             self._proc = subprocess.Popen([sys.executable, "-m", "consumer.landing._decode_worker"],
                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE,

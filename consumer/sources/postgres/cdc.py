@@ -185,7 +185,9 @@ class Applier:
         self.on_commit = on_commit
         self.stats = ApplyStats()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="paynorm-writer")
-        self._decoder = DecodeWorker(max_payload_bytes) if decode_process else None
+        # started at the first full batch (a backlog), which still decodes here while the child starts:
+        # a tail of small batches would pay the child's start-up and a round trip each for nothing
+        self._decoder = DecodeWorker(max_payload_bytes, start=False) if decode_process else None
         self._inflight: deque[Future[_Committed]] = deque()
         self.jobs_submitted = 0  # batches handed to the writer
         self.jobs_committed = 0  # of which committed (and reported to on_commit)
@@ -249,7 +251,10 @@ class Applier:
         if self.batch.rows or self.complete > self.submitted:
             source = self.batch.source
             ops = Counter(r.op for r in self.batch.rows.values())
-            if self._decoder is not None and self._decoder.alive:
+            starting = self._decoder is not None and not self._decoder.started and len(self.batch) >= self.batch_size
+            if starting:
+                self._decoder.start()  # type: ignore[union-attr]  # this batch still decodes here
+            if self._decoder is not None and self._decoder.alive and not starting:
                 rows, max_bytes = list(self.batch.rows.values()), self.batch.max_payload_bytes
                 decoded = self._decoder.submit(payload_pairs(rows))  # decoding starts now, elsewhere
                 self._submit(lambda conn: write_batch(conn, None, stage_rows(rows, max_bytes, decoded.result()),
