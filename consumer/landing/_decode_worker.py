@@ -2,7 +2,7 @@
 
 Reads (max_bytes, pairs) requests from stdin and answers each with its decoded tuples on stdout;
 ends at end of input. Asks the kernel to kill it if its parent dies first (Linux), and exits at
-once if the parent is already gone.
+once if the parent is already gone. Ignores SIGINT and SIGTERM (the consumer's to handle).
 """
 
 from __future__ import annotations
@@ -28,6 +28,10 @@ def _die_with_parent() -> None:
 
 
 def main() -> None:
+    # Ctrl-C or a SIGTERM to the whole process group is for the consumer, which then closes our
+    # input: we end with it, after answering what it already sent, instead of dying mid-answer.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     while True:

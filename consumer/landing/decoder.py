@@ -116,7 +116,7 @@ class DecodeWorker:
                 if isinstance(answer, list) and len(answer) == len(pairs):
                     return answer
                 reason = "it ended" if answer is None else f"it answered {type(answer).__name__}"
-            except (OSError, ValueError, pickle.PickleError) as e:
+            except (OSError, ValueError, EOFError, pickle.PickleError) as e:
                 reason = str(e) or type(e).__name__
             log.warning("payload decoding moves back to this process: the decode worker failed (%s)", reason)
             self._stop()
