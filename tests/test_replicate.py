@@ -471,7 +471,10 @@ def test_the_stream_decodes_alike_in_a_worker_or_here(env: Env, decode_process: 
     with env.lake_conn() as lake:
         for i in range(25):
             insert_rows(lake, 100, start=i * 100, payload=payloads[i % len(payloads)])
-    run_once(env, decode_process=decode_process, batch_size=300)
+    result = run_once(env, decode_process=decode_process, batch_size=300)
+    # the first full batch decodes here while the worker starts; the worker decodes the later ones
+    assert result.stats is not None
+    assert (result.stats.batches_decoded_elsewhere > 0) is decode_process
     with env.wh_conn() as wh:
         landed = wh.execute("select payload::text, payload_format, decode_error, shape_key,"
                             " (row_data->'data')::text from raw.lake_transactions").fetchall()

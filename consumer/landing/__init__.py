@@ -6,7 +6,7 @@ fence checked inside it; the source acknowledges its checkpoint (confirms the LS
 rows processed) only after that returns. Source precedence is the upsert's (``table``).
 """
 
-from .commit import Checkpoint, Fence, commit
+from .commit import Checkpoint, Fence, Rows, commit
 from .decoder import DecodeWorker
 from .table import (
     PAYLOAD_COLUMN_CANDIDATES,
@@ -29,7 +29,7 @@ from .table import (
 )
 
 __all__ = [
-    "Checkpoint", "Fence", "commit", "DecodeWorker",
+    "Checkpoint", "Fence", "Rows", "commit", "DecodeWorker",
     "PAYLOAD_COLUMN_CANDIDATES", "STAGED_COLUMNS", "STAGING_DDL", "LandingBatch", "LandingRow", "encode_json_value",
     "encode_text_value", "init_warehouse", "payload_pairs", "stage", "stage_rows", "staged_owned_elsewhere", "staged_records", "tombstone_source",
     "tombstone_unstaged", "upsert_staged", "write_batch",

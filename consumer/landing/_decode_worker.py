@@ -17,13 +17,12 @@ from .decoder import _receive, _send, decode_pairs
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    parent = os.getppid()
+def _die_with_parent(parent: int) -> None:
     try:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):  # not Linux: end of input still ends us
         return
-    if os.getppid() != parent:  # the parent died before the signal was armed
+    if os.getppid() != parent:  # the parent (its pid is our argument) died before the signal was armed
         os._exit(0)
 
 
@@ -32,7 +31,7 @@ def main() -> None:
     # input: we end with it, after answering what it already sent, instead of dying mid-answer.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _die_with_parent()
+    _die_with_parent(int(sys.argv[1]) if len(sys.argv) > 1 else os.getppid())
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     while True:
         request = _receive(stdin)

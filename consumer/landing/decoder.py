@@ -14,6 +14,7 @@ then on, with a warning: the same results, only slower.
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import struct
 import subprocess
@@ -83,7 +84,7 @@ class DecodeWorker:
             return
         self.started = True
         try:
-            self._proc = subprocess.Popen([sys.executable, "-m", "consumer.landing._decode_worker"],
+            self._proc = subprocess.Popen([sys.executable, "-m", "consumer.landing._decode_worker", str(os.getpid())],
                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                           stderr=subprocess.DEVNULL, close_fds=True)
         except OSError as e:
@@ -104,7 +105,8 @@ class DecodeWorker:
         return self._proc.pid if self._proc is not None else None
 
     def submit(self, pairs: Pairs) -> Future[Results]:
-        return self._talker.submit(self._decode, list(pairs))
+        """Decode ``pairs`` (not to be changed until the future is done)."""
+        return self._talker.submit(self._decode, pairs)
 
     def _decode(self, pairs: Pairs) -> Results:
         proc = self._proc

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Sequence
 import psycopg
 from psycopg import sql
 
-from ..decode import decode_payload
+from .decoder import decode_pairs
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ def _row_json(columns: dict[str, str], skip: str | None = None) -> str:
     return "{" + ",".join(parts) + "}"
 
 
-def staged_records(batch: LandingBatch, decoded: Sequence[tuple[Any, ...]] | None = None) -> Iterable[tuple[Any, ...]]:
+def staged_records(batch: LandingBatch) -> Iterable[tuple[Any, ...]]:
     """The batch's rows as staged records (``STAGED_COLUMNS``), payloads decoded.
 
     When the decoded payload is the payload column's own JSON text (a JSON object in a jsonb
@@ -235,7 +235,7 @@ def staged_records(batch: LandingBatch, decoded: Sequence[tuple[Any, ...]] | Non
     crosses the wire and is parsed into jsonb once instead of twice; the upsert splices it back
     into row_data, which still holds the full image.
     """
-    return _staged(list(batch.rows.values()), batch.max_payload_bytes, decoded)
+    return _staged(list(batch.rows.values()), batch.max_payload_bytes, None)
 
 
 def payload_pairs(rows: Iterable[LandingRow]) -> list[tuple[str | None, bool]]:
@@ -246,15 +246,11 @@ def payload_pairs(rows: Iterable[LandingRow]) -> list[tuple[str | None, bool]]:
 
 def _staged(rows: Sequence[LandingRow], max_bytes: int,
             decoded: Sequence[tuple[Any, ...]] | None) -> Iterable[tuple[Any, ...]]:
-    results = iter(decoded) if decoded is not None else None
+    results = iter(decoded if decoded is not None else decode_pairs(payload_pairs(rows), max_bytes))
     for r in rows:
         payload = fmt = err = shape = key = None
         if r.has_payload:
-            if results is None:
-                d = decode_payload(r.payload_raw, is_json=r.payload_is_json, max_bytes=max_bytes)
-                payload, fmt, err, shape = d.payload, d.payload_format, d.decode_error, d.shape_key
-            else:
-                payload, fmt, err, shape = next(results)
+            payload, fmt, err, shape = next(results)
             pc = r.payload_column
             if pc is not None and payload is not None and r.columns.get(pc) == payload:
                 key = pc
@@ -271,8 +267,7 @@ def stage(batch: LandingBatch) -> list[tuple[Any, ...]]:
 def stage_rows(rows: Sequence[LandingRow], max_bytes: int,
                decoded: Sequence[tuple[Any, ...]] | None = None) -> list[tuple[Any, ...]]:
     """``stage`` for rows taken out of a batch, with their payloads already decoded elsewhere
-    (``decoded``: one (payload, format, error, shape key) tuple per row with a payload, in order)
-    or decoded now."""
+    (``decoded``: ``decoder.decode_pairs`` of their ``payload_pairs``) or decoded now."""
     return list(_staged(rows, max_bytes, decoded))
 
 

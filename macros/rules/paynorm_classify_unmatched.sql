@@ -10,9 +10,8 @@ select
     u.lake_key,
     u.load_seq,
     ls.status as llm_shape_status,
-    {%- set undecodable = "u.decode_error is not null or u.payload is null or u.payload_format = 'empty'" %}
-    {{ paynorm_unmatched_case('outcome', undecodable, 'ls.status') }} as outcome,
-    {{ paynorm_unmatched_case('reason', undecodable, 'ls.status') }} as reason
+    {{ paynorm_unmatched_case('outcome', paynorm_undecodable('u'), 'ls.status') }} as outcome,
+    {{ paynorm_unmatched_case('reason', paynorm_undecodable('u'), 'ls.status') }} as reason
     {%- for c in passthrough %},
     u.{{ adapter.quote(c) }}
     {%- endfor %}

@@ -1,6 +1,6 @@
 {#- The placement of a row no active rule matched, as a CASE on two SQL expressions: `undecodable`
-    (boolean: the payload could not be decoded or is empty) and `shape_status` (the row's shape in
-    paynorm.llm_shapes, NULL when the LLM step has not tried it). what = 'outcome': quarantine when
+    (boolean, paynorm_undecodable: the payload could not be decoded or is empty) and `shape_status`
+    (the row's shape in paynorm.llm_shapes, NULL when the LLM step has not tried it). what = 'outcome': quarantine when
     undecodable, pending when the shape is untried, else quarantine. what = 'reason': decode_error |
     NULL (pending) | llm_unmappable | no_rule. -#}
 {% macro paynorm_unmatched_case(what, undecodable, shape_status) -%}

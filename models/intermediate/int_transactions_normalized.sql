@@ -42,7 +42,6 @@
     events (the marts of quarantined and pending rows show it): made for every row (the payload as
     JSON text, 500 characters stored a row), it cost a 1M-row build 11 of 62 s and 300 MB. -#}
 {%- set to_the_end = carried + ['row_created_at_text', 'undecodable', 'payload', 'row_data'] %}
-{%- set excerpt_chars = var('payload_excerpt_chars') | int %}
 
 with
 
@@ -89,7 +88,7 @@ staged as not materialized (
         s.payload,
         s.payload_format,
         s.decode_error,
-        (s.decode_error is not null or s.payload is null or s.payload_format = 'empty') as undecodable,
+        {{ paynorm_undecodable('s') }} as undecodable,
         s.row_data,
         s.row_transaction_id,
         s.row_merchant_id,
@@ -172,7 +171,7 @@ normalized as (
         c.{{ col }},
         {%- endfor %}
         case when c.mapping_id is null or c.outcome <> 'event' then
-            left(coalesce(c.payload::text, {{ paynorm_raw_payload('c.row_data') }}::text, ''), {{ excerpt_chars }})
+            {{ paynorm_payload_excerpt('c.payload', 'c.row_data') }}
         end as payload_excerpt
     from converted as c
     left join {{ source('paynorm', 'llm_shapes') }} as ls
@@ -193,7 +192,7 @@ normalized as (
         {%- for col in carried %}
         s.{{ col }},
         {%- endfor %}
-        left(coalesce(s.payload::text, {{ paynorm_raw_payload('s.row_data') }}::text, ''), {{ excerpt_chars }})
+        {{ paynorm_payload_excerpt('s.payload', 's.row_data') }}
     from staged as s
     where s.is_deleted
 

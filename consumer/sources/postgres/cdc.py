@@ -16,6 +16,7 @@ idempotent and LSN-ordered, so a replay of a half-applied transaction is harmles
 
 from __future__ import annotations
 
+import functools
 import logging
 import select
 import struct
@@ -35,7 +36,7 @@ from psycopg_pool import ConnectionPool
 from ... import landing
 from ...ops import metrics
 from ...faults import crashpoint
-from ...landing import DecodeWorker, LandingBatch, payload_pairs, stage, stage_rows, tombstone_source, write_batch
+from ...landing import DecodeWorker, LandingBatch, payload_pairs, stage, stage_rows, tombstone_source
 from . import lake as lakemod
 from .lake import ChangeConverter, LakeTable, int_to_lsn, lsn_to_int
 
@@ -145,6 +146,7 @@ class ApplyStats:
     skipped_transactions: int = 0
     flushes: int = 0
     snapshot_rows: int = 0  # rows copied by the initial (or recovery) snapshot in this session
+    batches_decoded_elsewhere: int = 0  # batches whose payloads the decode worker decoded
     started: float = field(default_factory=time.monotonic)
 
 
@@ -240,8 +242,9 @@ class Applier:
             self.stats.changes += 1
             self.flush(wait=False)
             source, lsn, xid, ts = self.batch.source, self.txn_lsn, self.txn_xid, self.txn_ts
-            self._submit(lambda conn: tombstone_source(conn, source, before_lsn=lsn, op="T", xid=xid,
-                                                       committed_at=ts, inclusive=True), {}, wait=True)
+            truncate = functools.partial(tombstone_source, source=source, before_lsn=lsn, op="T", xid=xid,
+                                         committed_at=ts, inclusive=True)
+            self._submit(lambda: truncate, {}, wait=True)
         # "M" (logical messages) and anything else: nothing to land
         self.poll()
 
@@ -249,19 +252,18 @@ class Applier:
         """Hand what is buffered to the writer, with the position of the last complete transaction;
         with ``wait``, return once everything handed over is committed (``applied`` is then final)."""
         if self.batch.rows or self.complete > self.submitted:
-            source = self.batch.source
             ops = Counter(r.op for r in self.batch.rows.values())
-            starting = self._decoder is not None and not self._decoder.started and len(self.batch) >= self.batch_size
-            if starting:
-                self._decoder.start()  # type: ignore[union-attr]  # this batch still decodes here
-            if self._decoder is not None and self._decoder.alive and not starting:
+            decoder = self._decoder
+            if decoder is not None and not decoder.started and len(self.batch) >= self.batch_size:
+                decoder.start()  # this batch still decodes here, while the child starts
+            elif decoder is not None and decoder.alive:
                 rows, max_bytes = list(self.batch.rows.values()), self.batch.max_payload_bytes
-                decoded = self._decoder.submit(payload_pairs(rows))  # decoding starts now, elsewhere
-                self._submit(lambda conn: write_batch(conn, None, stage_rows(rows, max_bytes, decoded.result()),
-                                                      source=source), ops, wait=wait)
-            else:
-                records = stage(self.batch)  # decode here, while the writer may still be busy
-                self._submit(lambda conn: write_batch(conn, None, records, source=source), ops, wait=wait)
+                decoded = decoder.submit(payload_pairs(rows))  # decoding starts now, elsewhere
+                self.stats.batches_decoded_elsewhere += 1
+                self._submit(lambda: stage_rows(rows, max_bytes, decoded.result()), ops, wait=wait)
+                return
+            records = stage(self.batch)  # decode here, while the writer may still be busy
+            self._submit(lambda: records, ops, wait=wait)
         elif wait:
             self.drain()
 
@@ -281,7 +283,7 @@ class Applier:
         if self._inflight and self._inflight[0].done():
             self._reap()
 
-    def _submit(self, work: Callable[[psycopg.Connection], int], ops: dict[str, int], *, wait: bool) -> None:
+    def _submit(self, work: Callable[[], landing.Rows], ops: dict[str, int], *, wait: bool) -> None:
         job = _Job(work, self.complete, self.complete_ts, ops, self.batch.changes, self.txns_buffered)
         self.submitted = max(self.submitted, self.complete)
         self.txns_buffered = 0
@@ -297,8 +299,9 @@ class Applier:
         """The writer thread: the batch and the new position in ONE warehouse transaction."""
         started = time.monotonic()
         position = _SlotPosition(self.slot, job.position, job.position_ts, advance=job.position > self._written_lsn)
+        rows = job.work()  # before the transaction: staging may still wait for the decode worker
         with self.pool.connection() as conn:
-            written = landing.commit(conn, job.work, position, fence=self.fence)
+            written = landing.commit(conn, rows, position, fence=self.fence, source=self.batch.source)
         crashpoint("after_commit")  # the warehouse has the data; the lake has not been told yet
         self._written_lsn = max(self._written_lsn, job.position)
         return _Committed(job, written, time.monotonic() - started)
@@ -365,7 +368,7 @@ class _SlotPosition:
 
 @dataclass
 class _Job:
-    work: Callable[[psycopg.Connection], int]
+    work: Callable[[], landing.Rows]  # what the writer commits: staged records, or a write function
     position: int  # end LSN of the last lake transaction this batch completes
     position_ts: str | None
     ops: dict[str, int]

@@ -26,7 +26,7 @@ renamed as (
         row_data ->> {{ paynorm_sql_string(var('transaction_id_column')) }} as row_transaction_id,
         -- a path, not `case when jsonb_typeof(merchant) = 'object'`: the same (a path through an array
         -- or a scalar is NULL) with one read of the row image instead of two, which costs a
-        -- decompression each time the image is compressed (a 1M-row build: 1.6 s)
+        -- decompression each time the image is compressed (the lake columns of 1M rows: 4.3 -> 2.7 s)
         row_data #>> array[{{ paynorm_sql_string(var('merchant_column')) }}, 'id'] as row_merchant_id,
         row_data #>> array[{{ paynorm_sql_string(var('merchant_column')) }}, 'name'] as row_merchant_name,
         row_data #>> array[{{ paynorm_sql_string(var('merchant_column')) }}, 'country'] as row_merchant_country,
