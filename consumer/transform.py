@@ -121,12 +121,10 @@ def write_profiles_dir(dsn: str, directory: str | Path, *, schema: str = DEFAULT
 #   model pre-hook as well, so a direct `dbt build` with profiles.example.yml gets it too.
 # - work_mem=64MB: the normalization hashes and sorts whole landing tables (model build, unique
 #   tests); with the default 4MB they spill to temporary files (external merges) at 100k rows.
-# - max_parallel_workers_per_gather=0: paynorm.try_timestamptz (consumer/sql/mappings.sql) has an
-#   exception block, i.e. a subtransaction, which PostgreSQL refuses in any parallel plan, even in
-#   the leader ("cannot start subtransactions during a parallel operation"), seen on
-#   `select * from int_transactions_converted` at 100k rows. The function is now declared parallel
-#   unsafe (which also fixes analysts' direct queries); dbt's sessions stay serial, as measured.
-SESSION_SETTINGS: dict[str, str] = {"jit": "off", "work_mem": "64MB", "max_parallel_workers_per_gather": "0"}
+# Parallel query is left to the server (PostgreSQL's default: 2 workers a query): every function a
+# build calls is parallel safe, and a full build splits its rows into one range of shape keys per
+# process (macros/rules/paynorm_shape_ranges.sql). 1M rows on 2 cores: the model 48 -> ~32 s.
+SESSION_SETTINGS: dict[str, str] = {"jit": "off", "work_mem": "64MB"}
 
 
 def _pgoptions(existing: str | None) -> str:

@@ -6,10 +6,15 @@
     unit_unverified | unit_conflict: the event lands, its amount is not read) and `outcome`
     (event | quarantine). Money stays numeric: no float anywhere. `passthrough`: columns of
     `relation` carried along unchanged at the end.
-    Each step below ends with `offset 0`, a planner fence: without it PostgreSQL pulls the steps up
+    Each step below ends with `offset null`, a planner fence: without it PostgreSQL pulls the steps up
     into one SELECT and substitutes every column by its defining expression wherever it is used, so
     e.g. the amount regexes ran dozens of times per row (amount_num -> amount_value -> minor_value ->
-    invalid_reason -> amount_minor / amount / outcome). With the fences each value is computed once. -#}
+    invalid_reason -> amount_minor / amount / outcome). With the fences each value is computed once.
+    NULL rather than the usual 0: PostgreSQL (15) reads `offset 0` as a cast of 0 to bigint, i.e. an
+    offset it cannot see is zero, and keeps such a subquery out of parallel plans; `offset null` is
+    the same fence and lets a build run in parallel workers (one seq scan per process otherwise).
+    The code tables are `not materialized` for the same reason: a CTE read twice is materialized,
+    and a materialized CTE can only be read by the leader. -#}
 {% macro paynorm_convert(relation, passthrough=[]) -%}
   {%- if passthrough is string -%}
     {{ exceptions.raise_compiler_error("paynorm_convert: passthrough must be a list of column names") }}
@@ -18,14 +23,14 @@ with to_convert as (
     select * from {{ relation }}
 ),
 
-currency_codes as (
+currency_codes as not materialized (
     select currency as code, 'alpha' as kind, currency, exponent from {{ ref('currencies') }}
     union all
     select numeric_code, 'numeric', currency, exponent from {{ ref('currencies') }}
     where numeric_code is not null
 ),
 
-country_codes as (
+country_codes as not materialized (
     select alpha2 as code, 'alpha2' as kind, alpha2 from {{ ref('countries') }}
     union all
     select alpha3, 'alpha3', alpha2 from {{ ref('countries') }}
@@ -62,7 +67,7 @@ prepared as (
         btrim(e.event_at_text) as event_at_clean,
         btrim(e.latency_text) as latency_clean
     from to_convert as e
-    offset 0
+    offset null
 ),
 
 looked_up as (
@@ -115,7 +120,7 @@ looked_up as (
         on dcp.provider = p.provider and dcp.code = p.decline_lookup_code
     left join {{ ref('decline_codes') }} as dci
         on dci.provider = 'iso8583' and dci.code = p.decline_lookup_code
-    offset 0
+    offset null
 ),
 
 amounts as (
@@ -126,7 +131,7 @@ amounts as (
             when l.amount_unit = 'minor' then coalesce(l.payload_exponent, l.provider_exponent, l.iso_exponent)
         end as source_exponent
     from looked_up as l
-    offset 0
+    offset null
 ),
 
 minor_units as (
@@ -139,7 +144,7 @@ minor_units as (
                 then a.amount_value * power(10::numeric, a.iso_exponent - a.source_exponent)
         end as minor_value
     from amounts as a
-    offset 0
+    offset null
 ),
 
 withheld as (
@@ -154,7 +159,7 @@ withheld as (
             when m.amount_unit = 'minor' and m.currency_iso is null then 'no_currency'
         end as amount_withheld_reason
     from minor_units as m
-    offset 0
+    offset null
 ),
 
 resolved as (
@@ -174,7 +179,7 @@ resolved as (
                 then 'bad_amount'
         end as invalid_reason
     from withheld as m
-    offset 0
+    offset null
 )
 
 select

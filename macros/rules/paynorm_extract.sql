@@ -41,7 +41,8 @@ from (
     where m.mapping_id is not null
     {%- endif %}
     -- a planner fence: without it the CASE would be evaluated once per column read from its array
-    offset 0
+    -- (OFFSET NULL, not OFFSET 0: see paynorm_convert)
+    offset null
 ) as e
 {%- if not keep_unmatched %}
 where e.extracted is not null

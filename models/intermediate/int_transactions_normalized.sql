@@ -78,39 +78,56 @@ candidate_keys as (
 
 {% endif -%}
 {#- Not materialized: read by `matched` (live rows) and by the deleted rows below; materializing
-    it would copy every landed row (payload and row image) to a temporary store first. -#}
+    it would copy every landed row (payload and row image) to a temporary store first.
+    Rows of one shape in a row: they walk the same rules, so the regular expressions of those rules
+    (like_regex, substring, regexp_replace) stay in PostgreSQL's cache of compiled ones, which holds
+    32; in landing order every row recompiled some. A full build sorts one range of shape keys per
+    process of a parallel plan (paynorm_shape_ranges): each range goes whole to one process, which
+    reads it in shape order. -#}
+{%- set shape_ranges = ['true'] if is_incremental() else paynorm_shape_ranges(source('lake', 'lake_transactions'), 's') %}
+{%- set staged_columns = ['lake_key', 'load_seq', 'shape_key', 'payload', 'payload_format', 'decode_error',
+                          'undecodable', 'row_data', 'row_transaction_id', 'row_merchant_id', 'row_merchant_name',
+                          'row_merchant_country', 'row_created_at_text', 'is_deleted', 'source_format', 'lake_lsn',
+                          'committed_at', 'ingested_at'] %}
 staged as not materialized (
+    {%- for shape_range in shape_ranges %}
+    {%- if not loop.first %}
 
-    select
-        s.lake_key,
-        s.load_seq,
-        s.shape_key,
-        s.payload,
-        s.payload_format,
-        s.decode_error,
-        {{ paynorm_undecodable('s') }} as undecodable,
-        s.row_data,
-        s.row_transaction_id,
-        s.row_merchant_id,
-        s.row_merchant_name,
-        s.row_merchant_country,
-        s.row_created_at_text,
-        s.is_deleted,
-        s.payload_format as source_format,
-        s.lake_lsn,
-        s.committed_at,
-        s.loaded_at as ingested_at
-    from staged_all as s
-    {%- if is_incremental() %}
-    -- an array, not a join: the planner cannot estimate a union of index ranges (it guessed 532k
-    -- rows for 10k candidates at 1M landed rows) and hash-joined them to a scan of the whole landing
-    -- (10 of 12 s); `= any(array(...))` is a primary-key probe per candidate key
-    where s.lake_key = any(array(select k.lake_key from candidate_keys as k))
+    union all
     {%- endif %}
-    -- rows of one shape in a row: they walk the same rules, so the regular expressions of those
-    -- rules (like_regex, substring, regexp_replace) stay in PostgreSQL's cache of compiled ones,
-    -- which holds 32; in landing order every row recompiled some (a fifth of the model's time)
-    order by s.shape_key
+
+    select {% for col in staged_columns %}r.{{ col }}{{ ", " if not loop.last }}{% endfor %}
+    from (
+        select
+            s.lake_key,
+            s.load_seq,
+            s.shape_key,
+            s.payload,
+            s.payload_format,
+            s.decode_error,
+            {{ paynorm_undecodable('s') }} as undecodable,
+            s.row_data,
+            s.row_transaction_id,
+            s.row_merchant_id,
+            s.row_merchant_name,
+            s.row_merchant_country,
+            s.row_created_at_text,
+            s.is_deleted,
+            s.payload_format as source_format,
+            s.lake_lsn,
+            s.committed_at,
+            s.loaded_at as ingested_at
+        from staged_all as s
+        where {{ shape_range }}
+        {%- if is_incremental() %}
+        -- an array, not a join: the planner cannot estimate a union of index ranges (it guessed 532k
+        -- rows for 10k candidates at 1M landed rows) and hash-joined them to a scan of the whole landing
+        -- (10 of 12 s); `= any(array(...))` is a primary-key probe per candidate key
+        and s.lake_key = any(array(select k.lake_key from candidate_keys as k))
+        {%- endif %}
+        order by s.shape_key
+    ) as r
+    {%- endfor %}
 
 ),
 

@@ -1,0 +1,38 @@
+{#- Conditions that split the rows of `relation` into ranges of shape keys, one range per process
+    a parallel plan of this session can have (max_parallel_workers_per_gather workers and the
+    leader), each about as many rows; ['true'] (one range) when the session runs no workers or at
+    parse time. `alias` is the alias the conditions use.
+
+    Why: a build reads its rows in shape order so that consecutive rows walk the same rules and
+    PostgreSQL's cache of 32 compiled regular expressions keeps their patterns (in landing order a
+    1M-row build took 82 s instead of 48). One sorted stream is one process. A UNION ALL of sorted
+    ranges is a Parallel Append whose branches each go whole to one process: every process then
+    reads its own range in shape order. Rows without a shape key go to the first range. -#}
+{% macro paynorm_shape_ranges(relation, alias) -%}
+  {%- if alias is not string or not alias -%}
+    {{ exceptions.raise_compiler_error("paynorm_shape_ranges: alias must be a table alias") }}
+  {%- endif -%}
+  {%- if not execute -%}{{ return(['true']) }}{%- endif -%}
+  {%- set workers = run_query("select current_setting('max_parallel_workers_per_gather')::int").columns[0].values()[0] -%}
+  {%- if workers < 1 -%}{{ return(['true']) }}{%- endif -%}
+  {%- set fractions = [] -%}
+  {%- for k in range(1, workers + 1) -%}
+    {%- do fractions.append(k / (workers + 1)) -%}
+  {%- endfor -%}
+  {%- set q -%}
+    select distinct b from unnest((
+        select percentile_disc(array[{{ fractions | join(', ') }}]::float8[]) within group (order by shape_key)
+        from {{ relation }}
+    )) as b where b is not null order by b
+  {%- endset -%}
+  {%- set bounds = run_query(q).columns[0].values() -%}
+  {%- if bounds | length == 0 -%}{{ return(['true']) }}{%- endif -%}
+  {%- set key = alias ~ '.shape_key' -%}
+  {%- set conditions = ['(' ~ key ~ ' < ' ~ paynorm_sql_string(bounds[0]) ~ ' or ' ~ key ~ ' is null)'] -%}
+  {%- for i in range(1, bounds | length) -%}
+    {%- do conditions.append(key ~ ' >= ' ~ paynorm_sql_string(bounds[i - 1]) ~ ' and '
+                             ~ key ~ ' < ' ~ paynorm_sql_string(bounds[i])) -%}
+  {%- endfor -%}
+  {%- do conditions.append(key ~ ' >= ' ~ paynorm_sql_string(bounds[-1])) -%}
+  {{ return(conditions) }}
+{%- endmacro %}
