@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from consumer import devdb
 from consumer.demo import generate_records, insert_records
@@ -74,6 +75,20 @@ class Figure:
 
 
 # -- machine -------------------------------------------------------------------------------------
+
+
+def create_plain_copy_table(conn: psycopg.Connection, name: str = "bench_plain") -> None:
+    """The plain-copy baseline's target: a table like the landing, with its storage (column storage and
+    compression, toast_tuple_target) and no indexes, so that the copy moves the rows as they are
+    stored instead of compressing them again with the defaults."""
+    t = sql.Identifier(name)
+    conn.execute(sql.SQL("drop table if exists {}").format(t))
+    conn.execute(sql.SQL("create table {} (like raw.lake_transactions including storage including compression)")
+                 .format(t))
+    row = conn.execute("select reloptions from pg_class where oid = 'raw.lake_transactions'::regclass").fetchone()
+    for option in (row[0] if row and row[0] else []):
+        key, _, value = option.partition("=")
+        conn.execute(sql.SQL("alter table {} set ({} = {})").format(t, sql.Identifier(key), sql.Literal(value)))
 
 
 def _version(pkg: str) -> str:

@@ -35,7 +35,7 @@ from psycopg import sql
 
 from consumer import transform as tf
 
-from .common import Bench, log
+from .common import Bench, create_plain_copy_table, log
 
 MODEL = "int_transactions_normalized"
 
@@ -60,7 +60,7 @@ def _multiply(b: Bench, wh_db: str, copies: int) -> int:
 
 def _plain_copy(b: Bench, wh_db: str, n: int) -> float:
     with b.admin(wh_db) as conn:
-        conn.execute("drop table if exists bench_plain; create table bench_plain (like raw.lake_transactions)")
+        create_plain_copy_table(conn)
         conn.commit()
         t0 = time.perf_counter()
         conn.execute("insert into bench_plain select * from raw.lake_transactions")

@@ -112,19 +112,26 @@ def test_every_write_stamps_the_writing_transaction(wh: psycopg.Connection) -> N
     assert now == xid and int(now) > int(first)
 
 
-def test_large_images_are_stored_with_lz4(env: Env, wh: psycopg.Connection) -> None:
-    """Every jsonpath of a build decompresses a compressed payload again: the landing asks for lz4
-    (Debian's PostgreSQL has it), and a row image past the TOAST threshold is written with it."""
+def test_images_under_8kb_are_not_compressed_larger_ones_with_lz4(env: Env, wh: psycopg.Connection) -> None:
+    """Every jsonpath of a build decompresses a compressed payload again: rows up to 8 kB stay
+    uncompressed (toast_tuple_target); the landing's own compression is lz4 (Debian's PostgreSQL has
+    it). A row past 8 kB already in the staging table is compressed there, with the session's default
+    method, and lands as it is."""
     methods = dict(wh.execute("select attname, attcompression::text from pg_attribute where attrelid ="
                               " 'raw.lake_transactions'::regclass and attname in ('payload', 'row_data')").fetchall())
     assert methods == {"payload": "l", "row_data": "l"}
-    big = {"amount": "1.00", "note": "x" * 6000}
-    _write(wh, "poll", _image("lz4", big, lsn=None, op="P"))
+    options = wh.execute("select reloptions from pg_class where oid = 'raw.lake_transactions'::regclass").fetchone()[0]
+    assert "toast_tuple_target=8160" in options
+    for key, chars in (("mid", 2500), ("big", 10_000)):  # a row of ~5 kB (past the default 2 kB), of ~20 kB
+        _write(wh, "poll", _image(key, {"amount": "1.00", "note": "x" * chars}, lsn=None, op="P"))
     wh.commit()
-    row = wh.execute("select pg_column_compression(payload), payload->'note' = to_jsonb(%s::text)"
-                     " from raw.lake_transactions where lake_key = 'lz4'", ("x" * 6000,)).fetchone()
-    assert row == ("lz4", True)
-    # already lz4: init does not ALTER the table again, which would wait for every reader (a build)
+    rows = dict(wh.execute(
+        "select lake_key, array[pg_column_compression(payload), pg_column_compression(row_data)]::text"
+        " from raw.lake_transactions where lake_key in ('mid', 'big')").fetchall())
+    assert rows["mid"] == "{NULL,NULL}" and "NULL" not in rows["big"], rows
+    assert wh.execute("select payload->>'note' = repeat('x', 10000) from raw.lake_transactions"
+                      " where lake_key = 'big'").fetchone() == (True,)
+    # already set: init does not ALTER the table again, which would wait for every reader (a build)
     with env.wh_conn() as reader:
         reader.autocommit = False
         reader.execute("select count(*) from raw.lake_transactions")  # holds its lock until it ends

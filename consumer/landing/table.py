@@ -139,9 +139,10 @@ class LandingBatch:
 
 # row_data and payload are jsonb here so COPY parses each once; payload_key (when set) names the
 # row_data key the payload is spliced back into (staged_records left it out of row_data).
-# toast_tuple_target: a staged row under 8 kB is not compressed here, so the landing compresses it with
-# its own method (lz4, warehouse.sql); a value compressed here would be copied into the landing as it
-# is, with the default pglz, which every jsonpath of a build then has to decompress.
+# toast_tuple_target: a staged row under 8 kB is not compressed here, so it reaches the landing as the
+# landing stores it (uncompressed up to 8 kB, lz4 beyond: warehouse.sql); a value compressed here
+# would be copied into the landing as it is, with the default pglz, which every jsonpath of a build
+# then has to decompress.
 STAGING_DDL = """
 create temp table if not exists _paynorm_landing (
     lake_key text, row_data jsonb, partial boolean, has_payload boolean, payload jsonb,

@@ -79,6 +79,15 @@ declare
     sign_at int;
     tz_minutes text;
 begin
+    -- the usual forms, with fields that cannot be out of range (years 1000-2999, days up to 28, hours
+    -- up to 23): cast at once
+    if v ~ '^[12][0-9]{3}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])[T ]([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]+)?)?(Z|[+-](0[0-9]|1[0-5])(:?[0-5][0-9])?)$' then
+        return v::timestamptz;
+    end if;
+    if v ~ '^[12][0-9]{3}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])([T ]([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]+)?)?)?$' then
+        return v::timestamp at time zone 'UTC';
+    end if;
+    -- the rest: every field checked
     if v is null or v !~ '^[ \t\n\r\f\v]*[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?)?[ \t\n\r\f\v]*(Z|z|[+-][0-9]{2}(:?[0-9]{2})?)?[ \t\n\r\f\v]*$' then
         return null;
     end if;
