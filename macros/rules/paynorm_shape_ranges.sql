@@ -19,10 +19,19 @@
   {%- for k in range(1, workers + 1) -%}
     {%- do fractions.append(k / (workers + 1)) -%}
   {%- endfor -%}
+  {#- the bounds from about 200k rows at most: a sample of the pages of a larger table (sorting every
+      key of 100M rows would take longer than a small build) -#}
+  {%- set size_query -%}
+    select greatest(c.reltuples, 0)::bigint from pg_class as c join pg_namespace as n on n.oid = c.relnamespace
+    where n.nspname = {{ paynorm_sql_string(relation.schema) }} and c.relname = {{ paynorm_sql_string(relation.identifier) }}
+  {%- endset -%}
+  {%- set sizes = run_query(size_query).columns[0].values() -%}
+  {%- set rows = sizes[0] if sizes else 0 -%}
+  {%- set percent = 100 if rows <= 200000 else [200000 * 100 / rows, 0.01] | max -%}
   {%- set q -%}
     select distinct b from unnest((
         select percentile_disc(array[{{ fractions | join(', ') }}]::float8[]) within group (order by shape_key)
-        from {{ relation }}
+        from {{ relation }}{% if percent < 100 %} tablesample system ({{ percent }}){% endif %}
     )) as b where b is not null order by b
   {%- endset -%}
   {%- set bounds = run_query(q).columns[0].values() -%}
