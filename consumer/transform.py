@@ -123,7 +123,7 @@ def write_profiles_dir(dsn: str, directory: str | Path, *, schema: str = DEFAULT
 #   tests); with the default 4MB they spill to temporary files (external merges) at 100k rows.
 # Parallel query is left to the server (PostgreSQL's default: 2 workers a query): every function a
 # build calls is parallel safe, and a full build splits its rows into one range of shape keys per
-# process (macros/rules/paynorm_shape_ranges.sql). 1M rows on 2 cores: the model 48 -> ~32 s.
+# worker (macros/rules/paynorm_shape_ranges.sql). 1M rows on 2 cores: the model's query 48 -> ~23 s.
 SESSION_SETTINGS: dict[str, str] = {"jit": "off", "work_mem": "64MB"}
 
 

@@ -1,7 +1,7 @@
 """A full build run by parallel workers gives what a serial build gives, row for row.
 
-A full build splits the landing into one range of shape keys per process of a parallel plan
-(macros/rules/paynorm_shape_ranges.sql), each range sorted by shape and read whole by one process.
+A full build splits the landing into one range of shape keys per parallel worker
+(macros/rules/paynorm_shape_ranges.sql), each range sorted by shape and read whole by one worker.
 Here the planner is made to run it in workers (parallel costs set to zero: the landing is small) and
 the result is compared with a build that runs no workers (one range, one process): every row of the
 normalized model and of the events, undecodable rows (no shape key) and deleted rows included.
@@ -66,7 +66,7 @@ def test_parallel_full_build_equals_serial(wh: Warehouse, monkeypatch: pytest.Mo
         conn.execute("update raw.lake_transactions set deleted = true, load_seq = nextval('raw.load_seq')"
                      " where lake_key = (select min(lake_key) from raw.lake_transactions where shape_key is not null)")
     compiled = _full_build(wh, monkeypatch, PARALLEL)
-    assert compiled.count("order by s.shape_key") == 3  # two workers and the leader: three ranges
+    assert compiled.count("order by s.shape_key") == 2  # two workers: two ranges
     with psycopg.connect(wh.dsn, autocommit=True, options=PARALLEL + " -c jit=off") as conn:
         plan = "\n".join(r[0] for r in conn.execute("explain " + compiled))
     assert "Gather" in plan and "Parallel Append" in plan, plan[:2000]

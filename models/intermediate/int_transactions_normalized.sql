@@ -4,6 +4,7 @@
         unique_key='lake_key',
         incremental_strategy='delete+insert',
         on_schema_change='sync_all_columns',
+        pre_hook=["set local parallel_leader_participation = off"],
         indexes=[
             {'columns': ['lake_key'], 'unique': True},
             {'columns': ['normalized_at']},
@@ -82,8 +83,8 @@ candidate_keys as (
     Rows of one shape in a row: they walk the same rules, so the regular expressions of those rules
     (like_regex, substring, regexp_replace) stay in PostgreSQL's cache of compiled ones, which holds
     32; in landing order every row recompiled some. A full build sorts one range of shape keys per
-    process of a parallel plan (paynorm_shape_ranges): each range goes whole to one process, which
-    reads it in shape order. -#}
+    parallel worker (paynorm_shape_ranges): each range goes whole to one worker, which reads it in
+    shape order, while the leader writes the table (the pre-hook keeps it out of the ranges). -#}
 {%- set shape_ranges = ['true'] if is_incremental() else paynorm_shape_ranges(source('lake', 'lake_transactions'), 's') %}
 {%- set staged_columns = ['lake_key', 'load_seq', 'shape_key', 'payload', 'payload_format', 'decode_error',
                           'undecodable', 'row_data', 'row_transaction_id', 'row_merchant_id', 'row_merchant_name',
