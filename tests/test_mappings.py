@@ -146,6 +146,27 @@ def test_sync_list_show_status(conn: psycopg.Connection, tmp_path: Path) -> None
     assert rules.get_rule(conn, "adyen_payment_response")["status"] == "rejected"
 
 
+def test_sync_validates_only_when_a_file_differs_from_what_is_stored(
+        conn: psycopg.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Validation is most of a sync's time, and every transform syncs: when every file is stored
+    exactly as it is (validated when it was written), there is nothing to validate."""
+    from consumer.rules import store
+    for name in ("probe_sync_a", "probe_sync_b"):  # rules of their own, proposed: no build uses them
+        r = stripe()
+        r.update(id=name, status="proposed")
+        (tmp_path / f"{name}.yml").write_text(rules.rule_to_yaml(r))
+    calls: list[Path] = []
+    real = store.validate_files
+    monkeypatch.setattr(store, "validate_files", lambda d, *a, **k: calls.append(Path(d)) or real(d, *a, **k))
+    rules.sync(conn, tmp_path)
+    assert calls == [tmp_path]
+    res = rules.sync(conn, tmp_path)
+    assert calls == [tmp_path] and sorted(res.unchanged) == ["probe_sync_a", "probe_sync_b"]
+    (tmp_path / "new_rule.yml").write_text("id: new_rule\nmatch: '$ ? (@.object == \"charge\"'\n")
+    res = rules.sync(conn, tmp_path)
+    assert len(calls) == 2 and list(res.refused) == ["new_rule"] and rules.get_rule(conn, "new_rule") is None
+
+
 def test_upsert_rule_for_llm_origin(conn: psycopg.Connection) -> None:
     r = copy.deepcopy(stripe())
     r["id"] = "llm_example"

@@ -119,17 +119,21 @@ def sync(conn: psycopg.Connection, directory: str | Path = DEFAULT_DIR, *, prune
     """
     ensure_schema(conn)
     result = SyncResult()
-    problems = validate_files(directory, conn, require_fixtures=False)
     stored = {r[0]: (r[1], r[2], r[3]) for r in conn.execute(
         "select id, rule_hash, status, origin from paynorm.mappings").fetchall()}
+    parsed = _parse_files(directory)
+    stored_as_filed = all(rule is not None and rule.get("id") == p.stem
+                          and stored.get(rule["id"]) == _stored_form(rule) for p, rule in parsed.items())
+    # Nothing to write when every file is stored exactly as it is: those rules were validated when
+    # they were written, so the validation (most of a sync's time, at every transform) is skipped.
+    problems = {} if stored_as_filed else validate_files(directory, conn, require_fixtures=False)
     ids: set[str] = set()
-    for p in rule_paths(directory):
-        if p.name in problems:
-            result.refused[p.stem] = problems[p.name]
+    for p, rule in parsed.items():
+        if p.name in problems or rule is None:
+            result.refused[p.stem] = problems.get(p.name, ["not a valid rule file"])
             continue
-        rule = parse_rule(p.read_text(), name=p.name)
         ids.add(rule["id"])
-        if stored.get(rule["id"]) == (rule_hash(rule), rule.get("status") or "active", "builtin"):
+        if stored.get(rule["id"]) == _stored_form(rule):
             result.unchanged.append(rule["id"])  # nothing to write (one read for all, not one per rule)
             continue
         try:
@@ -152,6 +156,22 @@ def sync(conn: psycopg.Connection, directory: str | Path = DEFAULT_DIR, *, prune
         log.warning("mapping rule %s refused: %s", rid, "; ".join(errs))
     log.info("mappings sync: %s", result.summary())
     return result
+
+
+def _parse_files(directory: str | Path) -> dict[Path, dict[str, Any] | None]:
+    """Every rule file of ``directory`` parsed (None: not parseable; validate_files says why)."""
+    out: dict[Path, dict[str, Any] | None] = {}
+    for p in rule_paths(directory):
+        try:
+            out[p] = parse_rule(p.read_text(), name=p.name)
+        except MappingError:
+            out[p] = None
+    return out
+
+
+def _stored_form(rule: dict[str, Any]) -> tuple[str, str, str]:
+    """(rule_hash, status, origin) as paynorm.mappings holds a built-in rule synced from its file."""
+    return rule_hash(rule), rule.get("status") or "active", "builtin"
 
 
 def list_rules(conn: psycopg.Connection, *, status: str | None = None,
