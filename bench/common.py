@@ -74,7 +74,7 @@ class Figure:
         return dict(self.__dict__)
 
 
-# -- machine -------------------------------------------------------------------------------------
+# -- baselines -----------------------------------------------------------------------------------
 
 
 def create_plain_copy_table(conn: psycopg.Connection, name: str = "bench_plain") -> None:
@@ -89,6 +89,9 @@ def create_plain_copy_table(conn: psycopg.Connection, name: str = "bench_plain")
     for option in (row[0] if row and row[0] else []):
         key, _, value = option.partition("=")
         conn.execute(sql.SQL("alter table {} set ({} = {})").format(t, sql.Identifier(key), sql.Literal(value)))
+
+
+# -- machine -------------------------------------------------------------------------------------
 
 
 def _version(pkg: str) -> str:

@@ -129,9 +129,10 @@ def sync(conn: psycopg.Connection, directory: str | Path = DEFAULT_DIR, *, prune
     problems = {} if stored_as_filed else validate_files(directory, conn, require_fixtures=False)
     ids: set[str] = set()
     for p, rule in parsed.items():
-        if p.name in problems or rule is None:
-            result.refused[p.stem] = problems.get(p.name, ["not a valid rule file"])
+        if p.name in problems:
+            result.refused[p.stem] = problems[p.name]
             continue
+        assert rule is not None  # a file that does not parse is among the problems
         ids.add(rule["id"])
         if stored.get(rule["id"]) == _stored_form(rule):
             result.unchanged.append(rule["id"])  # nothing to write (one read for all, not one per rule)

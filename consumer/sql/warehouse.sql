@@ -72,7 +72,8 @@ $$;
 -- Rows up to 8 kB are not compressed at all (toast_tuple_target; PostgreSQL compresses a row's
 -- largest values once it passes 2 kB by default, a third of landed rows here): a build reads the
 -- payload a dozen times a row, and each read of a compressed value decompresses it again (1M rows:
--- the model's query 27.4 -> 22.4 s, the landing 1.58 -> 1.89 GB). Larger rows are still compressed.
+-- the model's query 25.5-25.9 -> 22.4-22.9 s on the same rows, the landing 1.58 -> 1.89 GB). Larger rows are
+-- still compressed.
 -- Only new images are written this way; set only when not already (see landed_xid above).
 do $$
 begin

@@ -4,12 +4,12 @@
     use.
 
     Why: a build reads its rows in shape order so that consecutive rows walk the same rules and
-    PostgreSQL's cache of 32 compiled regular expressions keeps their patterns (in landing order a
-    1M-row build took 82 s instead of 48). One sorted stream is one process. A UNION ALL of sorted
-    ranges is a Parallel Append whose branches each go whole to one worker: every worker then reads
-    its own range in shape order, while the leader writes the table (the model switches the leader's
-    own share off: 2 ranges for 2 workers took 23.2-23.7 s at 1M rows, 3 ranges shared with the
-    leader 25.1 s). Rows without a shape key go to the first range. -#}
+    PostgreSQL's cache of 32 compiled regular expressions keeps their patterns (in landing order the
+    model's query over 1M rows took 82 s instead of 48). One sorted stream is one process. A UNION
+    ALL of sorted ranges is a Parallel Append whose branches each go whole to one worker: every
+    worker then reads its own range in shape order, while the leader writes the table (the model
+    switches the leader's own share off: 2 ranges for 2 workers took 23.2-23.7 s at 1M rows, 3
+    ranges shared with the leader 25.1 s). Rows without a shape key go to the first range. -#}
 {% macro paynorm_shape_ranges(relation, alias) -%}
   {%- if alias is not string or not alias -%}
     {{ exceptions.raise_compiler_error("paynorm_shape_ranges: alias must be a table alias") }}

@@ -86,10 +86,17 @@ candidate_keys as (
     parallel worker (paynorm_shape_ranges): each range goes whole to one worker, which reads it in
     shape order, while the leader writes the table (the pre-hook keeps it out of the ranges). -#}
 {%- set shape_ranges = ['true'] if is_incremental() else paynorm_shape_ranges(source('lake', 'lake_transactions'), 's') %}
-{%- set staged_columns = ['lake_key', 'load_seq', 'shape_key', 'payload', 'payload_format', 'decode_error',
-                          'undecodable', 'row_data', 'row_transaction_id', 'row_merchant_id', 'row_merchant_name',
-                          'row_merchant_country', 'row_created_at_text', 'is_deleted', 'source_format', 'lake_lsn',
-                          'committed_at', 'ingested_at'] %}
+{#- name -> expression: each range selects these, and the union takes them by name -#}
+{%- set staged_columns = {
+    'lake_key': 's.lake_key', 'load_seq': 's.load_seq', 'shape_key': 's.shape_key', 'payload': 's.payload',
+    'payload_format': 's.payload_format', 'decode_error': 's.decode_error',
+    'undecodable': paynorm_undecodable('s'), 'row_data': 's.row_data',
+    'row_transaction_id': 's.row_transaction_id', 'row_merchant_id': 's.row_merchant_id',
+    'row_merchant_name': 's.row_merchant_name', 'row_merchant_country': 's.row_merchant_country',
+    'row_created_at_text': 's.row_created_at_text', 'is_deleted': 's.is_deleted',
+    'source_format': 's.payload_format', 'lake_lsn': 's.lake_lsn', 'committed_at': 's.committed_at',
+    'ingested_at': 's.loaded_at',
+} %}
 staged as not materialized (
     {%- for shape_range in shape_ranges %}
     {%- if not loop.first %}
@@ -97,27 +104,12 @@ staged as not materialized (
     union all
     {%- endif %}
 
-    select {% for col in staged_columns %}r.{{ col }}{{ ", " if not loop.last }}{% endfor %}
+    select {% for name in staged_columns %}r.{{ name }}{{ ", " if not loop.last }}{% endfor %}
     from (
         select
-            s.lake_key,
-            s.load_seq,
-            s.shape_key,
-            s.payload,
-            s.payload_format,
-            s.decode_error,
-            {{ paynorm_undecodable('s') }} as undecodable,
-            s.row_data,
-            s.row_transaction_id,
-            s.row_merchant_id,
-            s.row_merchant_name,
-            s.row_merchant_country,
-            s.row_created_at_text,
-            s.is_deleted,
-            s.payload_format as source_format,
-            s.lake_lsn,
-            s.committed_at,
-            s.loaded_at as ingested_at
+            {%- for name, expression in staged_columns.items() %}
+            {{ expression }} as {{ name }}{{ "," if not loop.last }}
+            {%- endfor %}
         from staged_all as s
         where {{ shape_range }}
         {%- if is_incremental() %}
