@@ -47,7 +47,9 @@ normalized as (
 final as (
 
     select
-        {{ paynorm_surrogate_key(['lake_key'], 'paynorm-event') }} as event_id,
+        -- hashed by the model's parallel build; a row normalized before the model had the column
+        -- (an upgrade) is hashed here
+        coalesce(event_id, {{ paynorm_surrogate_key(['lake_key'], 'paynorm-event') }}) as event_id,
         lake_key,
         transaction_id,
         merchant_id,
