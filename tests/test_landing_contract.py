@@ -218,6 +218,30 @@ def test_a_warehouse_built_before_the_commit_horizon_existed_upgrades(env: Env, 
     assert _placed(wh)["live"] == 9 and len(_keys_placed(wh)) == 9
 
 
+def test_events_of_a_model_built_before_it_hashed_event_ids_keep_their_ids(env: Env, wh: psycopg.Connection,
+                                                                            home: Path) -> None:
+    """The model hashes the events' ids; rows it wrote before it had the column reach the events
+    with a NULL event_id (here: rows normalized by a build whose events step did not run) and are
+    hashed there, to the same id."""
+    model = f"{transform.DEFAULT_SCHEMA}_intermediate.int_transactions_normalized"
+    events = f"{transform.DEFAULT_SCHEMA}_marts.normalized_payment_events"
+    land(wh, _fixture_rows("old", 4))
+    assert transform.transform(env.wh_dsn, home=home).success
+    ids = dict(wh.execute(f"select lake_key, event_id::text from {events}").fetchall())  # noqa: S608
+    assert ids and all(ids[k] == str(wh.execute("select md5('paynorm-event|' || %s)::uuid", (k,)).fetchone()[0])
+                       for k in ids)
+    wh.execute(f"alter table {model} drop column event_id cascade")  # noqa: S608 - an older build
+    wh.execute(f"update {model} set normalized_at = clock_timestamp() where outcome = 'event'")  # noqa: S608
+    wh.commit()
+    land(wh, _fixture_rows("new", 2))
+    res = transform.transform(env.wh_dsn, home=home)
+    assert res.success, res.summary()
+    after = dict(wh.execute(f"select lake_key, event_id::text from {events}").fetchall())  # noqa: S608
+    assert {k: after[k] for k in ids} == ids and len(after) == len(ids) + 2
+    nulls = wh.execute(f"select count(*) from {model} where outcome = 'event' and event_id is null").fetchone()[0]  # noqa: S608
+    assert nulls == len(ids)  # the old rows kept no id in the model: the events' model hashed them
+
+
 def test_builds_under_a_writer_that_never_stops_pass_their_conservation_test(env: Env, wh: psycopg.Connection,
                                                                              home: Path) -> None:
     """A continuous `run` lands while dbt builds: the conservation test checks what the build saw,
