@@ -223,14 +223,20 @@ def test_new_rule_renormalizes_pending_rows(wh: Warehouse, tmp_path: Path) -> No
 
 
 def test_conservation_test_can_fail(wh: Warehouse) -> None:
-    """The dbt conservation test catches a row that is in two places (or none)."""
+    """The dbt conservation test catches a row that is in two places, and one in none."""
     with wh.connect() as conn:
         res = wh.dbt("test", "--select", "test_name:every_landed_row_placed_once")
         assert res.success and res.nodes, res.summary()
-        conn.execute(f"delete from {MARTS}.normalized_payment_events where lake_key = 'stripe_charge__succeeded'")
+        quarantined = conn.execute(f"select lake_key from {MARTS}.normalization_quarantine limit 1").fetchone()[0]
         try:
+            # an event moved onto a quarantined row: one row nowhere, one in two places
+            conn.execute(f"update {MARTS}.normalized_payment_events set lake_key = %s"
+                         f" where lake_key = 'stripe_charge__succeeded'", (quarantined,))
             res = wh.dbt("test", "--select", "test_name:every_landed_row_placed_once")
-            assert not res.success and res.failures, res.summary()
+            assert not res.success and "Got 2 results" in res.failures[0].message, res.summary()
+            conn.execute(f"delete from {MARTS}.normalized_payment_events where lake_key = %s", (quarantined,))
+            res = wh.dbt("test", "--select", "test_name:every_landed_row_placed_once")
+            assert not res.success and "Got 1 result," in res.failures[0].message, res.summary()
         finally:
             res = wh.build(full_refresh=True)
             assert res.success, res.summary()

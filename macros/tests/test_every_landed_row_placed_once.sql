@@ -22,33 +22,56 @@ newer as (
 ),
 
 {% endif -%}
-live as (
+live as not materialized (
     select {{ key }} as lake_key from {{ landing }} where not deleted
 ),
 
-placed as (
-    select {{ key }} as lake_key, 'event' as place from {{ model }}
-    union all
-    select {{ key }}, 'quarantine' from {{ quarantine }}
+events as not materialized (
+    select {{ key }} as lake_key from {{ model }}
+),
+
+others as not materialized (
+    select {{ key }} as lake_key, 'quarantine' as place from {{ quarantine }}
     union all
     select {{ key }}, 'pending' from {{ pending }}
 ),
 
-counted as (
-    select lake_key, count(*) as placements, string_agg(place, ',' order by place) as places
-    from placed
-    group by lake_key
+{#- The keys that break the law, found by anti-joins and the small side's joins, which PostgreSQL
+    runs in parallel workers (a count of placements per key over every row, joined in full to the
+    landing, ran in one process: 2.7-3.1 s against 1.9-2.0 s at 1M rows). A key twice in `model`
+    is not looked for: the events' unique index on lake_key refuses it. -#}
+wrong as (
+    -- live and placed nowhere
+    select l.lake_key from live as l
+    where not exists (select 1 from events as e where e.lake_key = l.lake_key)
+      and not exists (select 1 from others as o where o.lake_key = l.lake_key)
+    union all
+    -- placed, and not a live landed row
+    select e.lake_key from events as e where not exists (select 1 from live as l where l.lake_key = e.lake_key)
+    union all
+    select o.lake_key from others as o where not exists (select 1 from live as l where l.lake_key = o.lake_key)
+    union all
+    -- placed twice
+    select e.lake_key from events as e join others as o on o.lake_key = e.lake_key
+    union all
+    select o.lake_key from others as o group by o.lake_key having count(*) > 1
+),
+
+failing as (
+    select distinct lake_key from wrong
 )
 
 select
-    coalesce(l.lake_key, c.lake_key) as lake_key,
-    coalesce(c.placements, 0) as placements,
-    c.places,
-    l.lake_key is not null as is_live
-from live as l
-full outer join counted as c on c.lake_key = l.lake_key
-where (l.lake_key is null or coalesce(c.placements, 0) <> 1)
+    f.lake_key,
+    (select count(*) from events as e where e.lake_key = f.lake_key)
+        + (select count(*) from others as o where o.lake_key = f.lake_key) as placements,
+    (select string_agg(p.place, ',' order by p.place)
+     from (select 'event' as place from events as e where e.lake_key = f.lake_key
+           union all
+           select o.place from others as o where o.lake_key = f.lake_key) as p) as places,
+    exists (select 1 from live as l where l.lake_key = f.lake_key) as is_live
+from failing as f
 {%- if normalized is not none %}
-  and coalesce(l.lake_key, c.lake_key) not in (select lake_key from newer)
+where f.lake_key not in (select lake_key from newer)
 {%- endif %}
 {% endtest %}
