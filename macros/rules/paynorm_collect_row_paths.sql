@@ -1,0 +1,22 @@
+{#- Appends [jsonpath, is_predicate] to `out` for every row_match and row_path in a rule document,
+    at any depth. -#}
+{% macro paynorm_collect_row_paths(node, out) -%}
+  {%- if out is string or out is mapping or out is not iterable -%}
+    {{ exceptions.raise_compiler_error("paynorm_collect_row_paths: out must be a list") }}
+  {%- endif -%}
+  {%- if node is mapping -%}
+    {%- for k, v in node.items() -%}
+      {%- if k == 'row_match' or k == 'row_path' -%}
+        {%- do out.append([v, k == 'row_match']) -%}
+      {%- elif v is mapping or (v is iterable and v is not string) -%}
+        {%- do paynorm_collect_row_paths(v, out) -%}
+      {%- endif -%}
+    {%- endfor -%}
+  {%- elif node is iterable and node is not string -%}
+    {%- for v in node -%}
+      {%- if v is mapping or (v is iterable and v is not string) -%}
+        {%- do paynorm_collect_row_paths(v, out) -%}
+      {%- endif -%}
+    {%- endfor -%}
+  {%- endif -%}
+{%- endmacro %}
