@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import textwrap
 import time
 
 from consumer.landing import DecodeWorker
-from consumer.landing.decoder import decode_pairs
+from consumer.landing.decoder import _answer, _results, decode_pairs
 
 PAIRS = [
     (json.dumps({"id": "ch_1", "amount": 1999, "currency": "usd", "status": "succeeded"}), True),
@@ -32,6 +33,17 @@ def test_the_worker_decodes_exactly_as_this_process_does() -> None:
         assert worker.alive
         futures = [worker.submit(PAIRS), worker.submit(PAIRS[:3]), worker.submit([])]
         assert [f.result() for f in futures] == [expected, expected[:3], []]
+
+
+def test_a_payload_that_is_its_input_text_is_not_sent_back() -> None:
+    """The worker answers "the text you sent" for a payload equal to its input (pure, no worker)."""
+    results = decode_pairs(PAIRS, 2048)
+    answer = _answer(PAIRS, results)
+    same = [i for i, a in enumerate(answer) if a[0] == 0 and not isinstance(a[0], str)]
+    assert same and all(results[i][0] == PAIRS[i][0] for i in same)
+    assert all(a == r for i, (a, r) in enumerate(zip(answer, results)) if i not in same)  # the rest as decoded
+    assert len(pickle.dumps(answer)) < len(pickle.dumps(results))
+    assert _results(PAIRS, answer) == results
 
 
 def test_a_dead_worker_falls_back_to_decoding_here() -> None:

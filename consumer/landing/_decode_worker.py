@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 
-from .decoder import _receive, _send, decode_pairs
+from .decoder import _answer, _receive, _send, decode_pairs
 
 _PR_SET_PDEATHSIG = 1
 
@@ -38,7 +38,7 @@ def main() -> None:
         if request is None:
             return
         max_bytes, pairs = request  # type: ignore[misc]
-        _send(stdout, decode_pairs(pairs, max_bytes))
+        _send(stdout, _answer(pairs, decode_pairs(pairs, max_bytes)))
 
 
 if __name__ == "__main__":
