@@ -362,13 +362,6 @@ from (select lake_key from raw.lake_transactions
 where t.lake_key = gone.lake_key and t.source = %(source)s and not t.deleted
 """
 
-#: Staged records whose id is a row another source owns: precedence keeps that row (logged, not silent).
-_OWNED_ELSEWHERE = """
-select count(*) from _paynorm_landing s join raw.lake_transactions t on t.lake_key = s.lake_key
-where t.source <> %(source)s
-"""
-
-
 def tombstone_unstaged(conn: psycopg.Connection, source: str) -> int:
     """Mark deleted every live row of ``source`` whose key is not staged; rows tombstoned."""
     return conn.execute(_TOMBSTONE_UNSTAGED, {"source": source}).rowcount
