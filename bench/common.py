@@ -350,5 +350,5 @@ QUICK = Sizes(cdc_small=5_000, cdc_large=12_000, cdc_one_txn=8_000, cdc_runs=3, 
 # one-500k-txn CDC cases, the dbt builds and the end-to-end runs, once each.
 FULL = Sizes(cdc_small=200_000, cdc_large=1_000_000, cdc_one_txn=500_000, cdc_runs=3, cdc_large_runs=1,
              snapshot_rows=1_000_000, snapshot_runs=3, latency_seconds=60, latency_runs=3, latency_rate=2000,
-             transform_rows=1_000_000, transform_incr=10_000, transform_runs=1, llm_rows=100_000, llm_shapes=10,
+             transform_rows=1_000_000, transform_incr=10_000, transform_runs=3, llm_rows=100_000, llm_shapes=10,
              llm_runs=3, e2e_small=20_000, e2e_large=1_000_000)
