@@ -3,7 +3,7 @@
 Decoding a payload (``consumer.decode.decode_payload``: JSON, XML, CSV, name=value, the shape key)
 is most of the consumer's CPU per row and is pure: a batch's payloads go to a child process as
 (text, is_json) pairs and come back as (payload, format, error, shape key) tuples, in order, over
-the child's stdin and stdout. The child holds no other descriptor of ours (stderr goes to
+the child's stdin and stdout (a payload that is its input text comes back as a marker, not again). The child holds no other descriptor of ours (stderr goes to
 /dev/null) and ends at end of input, i.e. when we close its pipe or die, however we die (a
 parent-death signal as well): a killed consumer leaves no worker behind holding anything open.
 
@@ -50,13 +50,12 @@ _SAME = 0
 
 def _answer(pairs: Pairs, results: Results) -> list[tuple[object, ...]]:
     """The worker's side: ``results`` with every payload equal to its input replaced by ``_SAME``."""
-    return [(_SAME, *r[1:]) if r[0] is not None and (r[0] is raw or r[0] == raw) else r
-            for (raw, _), r in zip(pairs, results)]
+    return [(_SAME, *r[1:]) if r[0] == raw else r for (raw, _), r in zip(pairs, results)]
 
 
 def _results(pairs: Pairs, answer: list[tuple[object, ...]]) -> Results:
     """This side: the worker's ``_answer`` back into results, each ``_SAME`` its input text again."""
-    return [(raw, *a[1:]) if type(a[0]) is int else a  # type: ignore[misc]  # a payload is str or None
+    return [(raw, *a[1:]) if a[0] == _SAME else a  # type: ignore[misc]  # a payload (str or None) never is
             for (raw, _), a in zip(pairs, answer)]
 
 

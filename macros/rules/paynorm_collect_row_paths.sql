@@ -8,15 +8,11 @@
     {%- for k, v in node.items() -%}
       {%- if k == 'row_match' or k == 'row_path' -%}
         {%- do out.append([v, k == 'row_match']) -%}
-      {%- elif v is mapping or (v is iterable and v is not string) -%}
+      {%- else -%}
         {%- do paynorm_collect_row_paths(v, out) -%}
       {%- endif -%}
     {%- endfor -%}
   {%- elif node is iterable and node is not string -%}
-    {%- for v in node -%}
-      {%- if v is mapping or (v is iterable and v is not string) -%}
-        {%- do paynorm_collect_row_paths(v, out) -%}
-      {%- endif -%}
-    {%- endfor -%}
+    {%- for v in node -%}{%- do paynorm_collect_row_paths(v, out) -%}{%- endfor -%}
   {%- endif -%}
 {%- endmacro %}

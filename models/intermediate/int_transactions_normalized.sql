@@ -95,7 +95,7 @@ candidate_keys as (
     'payload_format': 's.payload_format', 'decode_error': 's.decode_error',
     'undecodable': paynorm_undecodable('s'),
     'row_data': paynorm_row_image(rules, 's.row_data'),
-    'raw_payload': 'case when s.payload is null then ' ~ paynorm_raw_payload('s.row_data') ~ ' end',
+    'raw_payload': 'case when s.payload is null then s.raw_payload end',
     'row_transaction_id': 's.row_transaction_id', 'row_merchant_id': 's.row_merchant_id',
     'row_merchant_name': 's.row_merchant_name', 'row_merchant_country': 's.row_merchant_country',
     'row_created_at_text': 's.row_created_at_text', 'is_deleted': 's.is_deleted',
