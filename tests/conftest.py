@@ -123,8 +123,8 @@ class Env:
         with self.wh_conn() as conn:
             if conn.execute("select to_regclass('raw.lake_transactions')").fetchone()[0] is None:
                 return {}
-            q = ("select lake_key, row_data->'data', row_data->'merchant', (row_data->>'processed')::boolean,"
-                 " row_data->>'source', deleted from raw.lake_transactions")
+            q = ("select lake_key, img->'data', img->'merchant', (img->>'processed')::boolean, img->>'source', deleted"
+                 " from raw.lake_transactions, raw.row_image(row_data, payload_key, payload) as img")
             rows = conn.execute(q).fetchall()
         return {r[0]: {"data": r[1], "merchant": r[2], "processed": r[3], "source": r[4]}
                 for r in rows if not (live_only and r[5])}

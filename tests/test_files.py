@@ -74,7 +74,8 @@ def parquet_bytes(table: Any) -> bytes:
 def landed(env: Env, source_like: str = "file:%") -> dict[str, dict[str, Any]]:
     with env.wh_conn() as conn:
         rows = conn.execute(
-            "select lake_key, row_data, payload, payload_format, decode_error, op, source, deleted, lake_lsn, load_seq"
+            "select lake_key, raw.row_image(row_data, payload_key, payload), payload, payload_format, decode_error, op,"
+            " source, deleted, lake_lsn, load_seq"
             " from raw.lake_transactions where source like %s", (source_like,)).fetchall()
     keys = ("row_data", "payload", "payload_format", "decode_error", "op", "source", "deleted", "lake_lsn", "load_seq")
     return {r[0]: dict(zip(keys, r[1:])) for r in rows}

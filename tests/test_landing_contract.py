@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,49 @@ def test_images_under_8kb_are_not_compressed_larger_ones_with_lz4(env: Env, wh: 
         landing.init_warehouse(wh)
         wh.execute("reset lock_timeout")
         reader.rollback()
+    wh.commit()
+
+
+def _json_column(key: str, payload: str | None, *, lsn: str, partial: bool = False, has_payload: bool = True,
+                 note: str | None = None) -> LandingRow:
+    """A change of a lake row whose payload column ``data`` is jsonb (``payload``: its JSON text)."""
+    columns = {"id": json.dumps(key)} if not partial else {}
+    if note is not None:
+        columns["note"] = json.dumps(note)
+    if has_payload:
+        columns["data"] = payload if payload is not None else "null"
+    return LandingRow(lake_key=key, columns=columns, op="U" if partial else "I", lsn=lsn, xid=None,
+                      committed_at=None, partial=partial, payload_raw=payload, has_payload=has_payload,
+                      payload_column="data" if has_payload else None)
+
+
+def test_a_json_payload_is_stored_once_and_the_row_image_stays_whole(wh: psycopg.Connection) -> None:
+    """A payload that is its column's own JSON object is kept in ``payload`` only (payload_key names
+    the column row_data leaves out); raw.row_image is the lake row's full image through every kind of
+    change: complete, partial without the payload (unchanged TOAST), partial with a payload decoded
+    into something else (kept inline), and partial with a JSON payload again."""
+
+    def stored() -> tuple[Any, ...]:
+        return wh.execute("select row_data, payload_key, payload, raw.row_image(row_data, payload_key, payload)"
+                          " from raw.lake_transactions where lake_key = 'once'").fetchone()
+
+    _write(wh, "cdc:t", _json_column("once", '{"amount": 1.50, "status": "ok"}', lsn="0/10", note="a"))
+    row_data, key, payload, image = stored()
+    assert key == "data" and "data" not in row_data and payload == {"amount": Decimal("1.50"), "status": "ok"}
+    assert image == {"id": "once", "note": "a", "data": payload}
+    _write(wh, "cdc:t", _json_column("once", None, lsn="0/20", partial=True, has_payload=False, note="b"))
+    row_data, key, payload, image = stored()
+    assert key == "data" and image == {"id": "once", "note": "b", "data": {"amount": Decimal("1.50"), "status": "ok"}}
+    _write(wh, "cdc:t", _json_column("once", '"<Tx><Val>2</Val></Tx>"', lsn="0/30", partial=True, note="c"))
+    row_data, key, payload, image = stored()
+    assert key is None and row_data == image == {"id": "once", "note": "c", "data": "<Tx><Val>2</Val></Tx>"}
+    assert payload == {"Tx": {"Val": "2"}}
+    _write(wh, "cdc:t", _json_column("once", '{"amount": 3}', lsn="0/40", partial=True))
+    row_data, key, payload, image = stored()
+    assert key == "data" and row_data == {"id": "once", "note": "c"} and image == {**row_data, "data": {"amount": 3}}
+    _write(wh, "cdc:t", _json_column("once", None, lsn="0/50", has_payload=False, note="d"))  # no payload column
+    row_data, key, payload, image = stored()
+    assert key is None and row_data == image == {"id": "once", "note": "d"} and payload == {"amount": 3}
     wh.commit()
 
 

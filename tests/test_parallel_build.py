@@ -135,14 +135,20 @@ def _rule_doc(paths: list[tuple[str | None, bool]]) -> dict[str, Any]:
 
 def test_row_image_keeps_what_the_rules_paths_read(wh: Warehouse) -> None:
     """Each case compiles to the keys expected (or to the whole image), and every path of a narrowed
-    case finds in the narrowed image what it finds in the whole one, on every row image."""
+    case finds in the narrowed image what it finds in the whole one, on every row image (landed
+    with its payload column apart or inline)."""
     cases = [[_rule_doc(paths)] for paths, _ in ROW_IMAGE_CASES]
     inline = ("{% for c in var('cases') %}{% if not loop.first %} union all {% endif %}"
               "select {{ loop.index0 }} as i, r.n, r.img as whole,"
               " {{ paynorm_sql_string(paynorm_row_image_keys(c) | tojson) }}::jsonb as keys,"
-              " {{ paynorm_row_image(c, 'r.img') }} as narrowed from images as r{% endfor %}")
+              " {{ paynorm_row_image(c, 'r.cols', 'r.pk', 'r.pl') }} as narrowed from images as r{% endfor %}")
     compiled = transform.compile_inline(wh.dsn, inline, home=wh.home, vars={"cases": cases})
-    query = "with images (img, n) as (select * from unnest(%s::jsonb[]) with ordinality) " + compiled
+    # each image as the landing stores it: an object payload column apart, named by payload_key
+    query = ("with images (img, n, cols, pk, pl) as (select i.img, i.n,"
+             " case when jsonb_typeof(i.img->'data') = 'object' then i.img - 'data' else i.img end,"
+             " case when jsonb_typeof(i.img->'data') = 'object' then 'data' end,"
+             " case when jsonb_typeof(i.img->'data') = 'object' then i.img->'data' end"
+             " from unnest(%s::jsonb[]) with ordinality as i (img, n)) " + compiled)
     checked = 0
     with wh.connect() as conn:
         got = conn.execute(query, ([json.dumps(i) for i in ROW_IMAGES],)).fetchall()
@@ -177,8 +183,9 @@ def test_narrowed_row_image_builds_what_the_whole_image_builds(wh: Warehouse, mo
         res = transform.transform(wh.dsn, home=wh.home, full_refresh=True, vars={"paynorm_narrow_row_image": narrow})
         assert res.success, res.summary()
         compiled = next((wh.home / "dbt" / "target" / "compiled").rglob("int_transactions_normalized.sql")).read_text()
-        narrowed = "jsonb_build_object('source', s.row_data -> 'source')" in compiled
-        assert narrowed == narrow and ("s.row_data as row_data" in compiled) == (not narrow)
+        narrowed = "jsonb_build_object('source', case when s.payload_key = 'source'" in compiled
+        whole = "s.row_columns || jsonb_build_object(s.payload_key, s.payload)" in compiled
+        assert narrowed == narrow and whole == (not narrow)
         builds[narrow] = {m: _snapshot(wh, m) for m in models}
     for m in models:
         assert builds[True][m] == builds[False][m], m

@@ -417,7 +417,8 @@ def test_row_image_is_whole_when_the_payload_travels_once(env: Env, transport: s
         lake_images = dict(lake.execute("select id::text, to_jsonb(t) from public.raw_transactions t").fetchall())
     with env.wh_conn() as wh:
         landed = {k: (img, p, fmt) for k, img, p, fmt in wh.execute(
-            "select lake_key, row_data, payload, payload_format from raw.lake_transactions").fetchall()}
+            "select lake_key, raw.row_image(row_data, payload_key, payload), payload, payload_format"
+            " from raw.lake_transactions").fetchall()}
     assert landed.keys() == lake_images.keys()
     for key, (image, payload, fmt) in landed.items():
         lake_image = lake_images[key]  # to_jsonb writes timestamps with a "T": compare the rest
@@ -477,7 +478,8 @@ def test_the_stream_decodes_alike_in_a_worker_or_here(env: Env, decode_process: 
     assert (result.stats.batches_decoded_elsewhere > 0) is decode_process
     with env.wh_conn() as wh:
         landed = wh.execute("select payload::text, payload_format, decode_error, shape_key,"
-                            " (row_data->'data')::text from raw.lake_transactions").fetchall()
+                            " (raw.row_image(row_data, payload_key, payload)->'data')::text"
+                            " from raw.lake_transactions").fetchall()
     assert len(landed) == 2500
     for payload, fmt, error, shape, raw in landed:
         d = decode_payload(raw, is_json=True)  # the column's JSON text, as wal2json sends it

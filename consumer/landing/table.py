@@ -138,7 +138,7 @@ class LandingBatch:
 
 
 # row_data and payload are jsonb here so COPY parses each once; payload_key (when set) names the
-# row_data key the payload is spliced back into (staged_records left it out of row_data).
+# payload column, which staged_records left out of row_data (the landing stores it that way too).
 # toast_tuple_target: a staged row under 8 kB is not compressed here, so it reaches the landing as the
 # landing stores it (uncompressed up to 8 kB, lz4 beyond: warehouse.sql); a value compressed here
 # would be copied into the landing as it is, with the default pglz, which every jsonpath of a build
@@ -153,13 +153,15 @@ create temp table if not exists _paynorm_landing (
 
 _UPSERT_TEMPLATE = """
 insert into raw.lake_transactions as t (
-    lake_key, row_data, payload, payload_format, decode_error, shape_key, op, deleted, source,
+    lake_key, row_data, payload_key, payload, payload_format, decode_error, shape_key, op, deleted, source,
     lake_lsn, lake_xid, committed_at, loaded_at, load_seq)
 select s.lake_key,
-       case when s.payload_key is null
-            then case when s.partial then coalesce(w.row_data, '{}'::jsonb) || s.row_data else s.row_data end
-            else case when s.partial then coalesce(w.row_data, '{}'::jsonb) || s.row_data else s.row_data end
-                 || jsonb_build_object(s.payload_key, s.payload) end,
+       -- row_data leaves out the column payload_key names (see warehouse.sql): a complete change is
+       -- staged that way already; a partial one merges into the stored full image, then drops it.
+       case when not s.partial then s.row_data
+            when k.payload_key is null then coalesce(w.image, '{}'::jsonb) || s.row_data
+            else (coalesce(w.image, '{}'::jsonb) || s.row_data) - k.payload_key end,
+       k.payload_key,
        case when s.has_payload then s.payload else w.payload end,
        case when s.has_payload then s.payload_format else coalesce(w.payload_format, 'empty') end,
        case when s.has_payload then s.decode_error
@@ -176,13 +178,20 @@ from _paynorm_landing s
 -- growing with the table). As a probe, the condition on s alone is a one-time filter: complete
 -- rows (most) never touch the index at all.
 left join lateral (
-    select w.lake_key, w.row_data, w.payload, w.payload_format, w.decode_error, w.shape_key
+    select w.lake_key, raw.row_image(w.row_data, w.payload_key, w.payload) as image, w.payload_key,
+           w.payload, w.payload_format, w.decode_error, w.shape_key
     from raw.lake_transactions w
     where w.lake_key = s.lake_key and (s.partial or not s.has_payload)
     offset 0
 ) w on true
+-- The payload column the new image leaves out: the change's own when it carries the payload or is
+-- complete (a complete change without one has no payload column), else the stored image's.
+cross join lateral (
+    select case when s.has_payload or not s.partial then s.payload_key else w.payload_key end as payload_key
+) k
 on conflict (lake_key) do update set
-    row_data = excluded.row_data, payload = excluded.payload, payload_format = excluded.payload_format,
+    row_data = excluded.row_data, payload_key = excluded.payload_key, payload = excluded.payload,
+    payload_format = excluded.payload_format,
     decode_error = excluded.decode_error, shape_key = excluded.shape_key, op = excluded.op,
     deleted = excluded.deleted, source = excluded.source, lake_lsn = excluded.lake_lsn,
     lake_xid = excluded.lake_xid, committed_at = excluded.committed_at,
@@ -200,8 +209,8 @@ where case
     when excluded.lake_lsn is null and t.lake_lsn is not null then false
     -- Sources without an LSN re-read rows: rewrite only what changed, so dbt's incremental models
     -- see only new and changed rows.
-    when excluded.lake_lsn is null then (t.row_data, t.payload, t.deleted, t.source)
-        is distinct from (excluded.row_data, excluded.payload, excluded.deleted, excluded.source)
+    when excluded.lake_lsn is null then (t.row_data, t.payload_key, t.payload, t.deleted, t.source)
+        is distinct from (excluded.row_data, excluded.payload_key, excluded.payload, excluded.deleted, excluded.source)
     else true
 end
 """
@@ -233,8 +242,8 @@ def staged_records(batch: LandingBatch) -> Iterable[tuple[Any, ...]]:
 
     When the decoded payload is the payload column's own JSON text (a JSON object in a jsonb
     column: most rows), row_data leaves that column out and ``payload_key`` names it, so the text
-    crosses the wire and is parsed into jsonb once instead of twice; the upsert splices it back
-    into row_data, which still holds the full image.
+    crosses the wire, is parsed into jsonb and is stored once instead of twice (the landing keeps
+    it that way: ``raw.row_image`` gives the full image back).
     """
     return _staged(list(batch.rows.values()), batch.max_payload_bytes, None)
 

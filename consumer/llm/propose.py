@@ -55,7 +55,7 @@ from . import redact
 from .client import RETRYABLE, Budget, CallResult, make_client, one_request, parse_answer
 from .prompt import (CONST_MUST_APPEAR, LLM_CONST_FIELDS, LlmError, build_messages, build_request, prompt_hash,
                      repair_messages)
-from .samples import (LANDING, LIVE, Context, Sample, Shape, _relation, pick_samples, redacted_samples, shape_rows,
+from .samples import (LANDING, LIVE, ROW_IMAGE, Context, Sample, Shape, _relation, pick_samples, redacted_samples, shape_rows,
                       waiting_shapes)
 
 log = logging.getLogger(__name__)
@@ -256,7 +256,7 @@ def _found(conn: psycopg.Connection, rule: dict[str, Any], keys: list[str]) -> d
         return {}
     exprs = []
     for where, spec in paths:
-        root, path = ("l.row_data", spec["row_path"]) if isinstance(spec.get("row_path"), str) \
+        root, path = (ROW_IMAGE, spec["row_path"]) if isinstance(spec.get("row_path"), str) \
             else ("l.payload", spec["path"])
         exprs.append(sql.SQL("count(*) filter (where jsonb_path_query_first({}, {}::jsonpath, '{{}}'::jsonb, true) "
                              "is not null)").format(sql.SQL(root), sql.Literal(path)))
@@ -351,7 +351,7 @@ def flag_evidence_errors(conn: psycopg.Connection, rule: dict[str, Any], shape_k
     f = rule.get("fields") if isinstance(rule.get("fields"), dict) else {}
 
     def values(spec: dict[str, Any]) -> list[str]:
-        root, path = ("l.row_data", spec["row_path"]) if spec.get("row_path") else ("l.payload", spec.get("path"))
+        root, path = (ROW_IMAGE, spec["row_path"]) if spec.get("row_path") else ("l.payload", spec.get("path"))
         if not isinstance(path, str):
             return []
         q = sql.SQL("select distinct jsonb_path_query_first({root}, {path}::jsonpath, '{{}}'::jsonb, true) #>> '{{}}' "

@@ -18,6 +18,8 @@ __all__ = ["Context", "Shape", "Sample", "LANDING", "unmatched_shapes", "waiting
            "pick_samples", "redacted_samples", "MAX_SAMPLES_CHARS"]
 
 LANDING = "raw.lake_transactions"
+#: The lake row's full image of a landing row ``l`` (the landing keeps the payload column apart).
+ROW_IMAGE = "raw.row_image(l.row_data, l.payload_key, l.payload)"
 PAYLOAD_KEYS = ("data", "transaction_data", "payload")  # lake row columns that hold the payload
 _STATUS_KEY_RE = re.compile(
     r"(^|[_@-])(status|state|result|outcome|decision|result_?code|response_?code|reason_?code|"
@@ -146,9 +148,9 @@ def pick_samples(conn: psycopg.Connection, shape_key: str, n: int, keys: list[st
             sql.SQL("select l.lake_key ") + base + sql.SQL(" and not (l.lake_key = any({}::text[])) "
                                                            "order by l.load_seq desc limit {}").format(
                 sql.Literal(keys), sql.Literal(n - len(keys)))).fetchall()]
-    rows = conn.execute(sql.SQL("select lake_key, payload::text, row_data::text from {} "
-                                "where lake_key = any({}::text[]) order by load_seq desc").format(
-        sql.SQL(LANDING), sql.Literal(keys))).fetchall()
+    rows = conn.execute(sql.SQL("select l.lake_key, l.payload::text, {}::text from {} as l "
+                                "where l.lake_key = any({}::text[]) order by l.load_seq desc").format(
+        sql.SQL(ROW_IMAGE), sql.SQL(LANDING), sql.Literal(keys))).fetchall()
     out = []
     for key, payload, row_data in rows:
         row = loads_exact(row_data) if row_data else {}

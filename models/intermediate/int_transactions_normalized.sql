@@ -94,7 +94,7 @@ candidate_keys as (
     'lake_key': 's.lake_key', 'load_seq': 's.load_seq', 'shape_key': 's.shape_key', 'payload': 's.payload',
     'payload_format': 's.payload_format', 'decode_error': 's.decode_error',
     'undecodable': paynorm_undecodable('s'),
-    'row_data': paynorm_row_image(rules, 's.row_data'),
+    'row_data': paynorm_row_image(rules, 's.row_columns', 's.payload_key', 's.payload'),
     'raw_payload': 'case when s.payload is null then s.raw_payload end',
     'row_transaction_id': 's.row_transaction_id', 'row_merchant_id': 's.row_merchant_id',
     'row_merchant_name': 's.row_merchant_name', 'row_merchant_country': 's.row_merchant_country',

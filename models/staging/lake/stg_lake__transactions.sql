@@ -19,10 +19,13 @@ renamed as (
         payload,
         payload_format,
         decode_error,
-        {{ paynorm_raw_payload('row_data') }} as raw_payload,
+        {{ paynorm_raw_payload('row_data', 'payload_key', 'payload') }} as raw_payload,
 
-        -- lake row image (column names are dbt vars: both lake layouts work)
-        row_data,
+        -- lake row image (column names are dbt vars: both lake layouts work): the landing keeps the
+        -- lake columns in row_data, without the payload column when payload_key names it
+        {{ paynorm_full_row_image('row_data', 'payload_key', 'payload') }} as row_data,
+        row_data as row_columns,
+        payload_key,
         row_data ->> {{ paynorm_sql_string(var('transaction_id_column')) }} as row_transaction_id,
         -- a path, not `case when jsonb_typeof(merchant) = 'object'`: the same (a path through an array
         -- or a scalar is NULL) with one read of the row image instead of two, which costs a
