@@ -14,7 +14,8 @@ help:
 	@echo "make accuracy - score the built-in rules on labelled real provider payloads (paynorm eval)"
 	@echo "make install, make dev-up, make dev-down, make clean"
 
-$(STAMP): pyproject.toml constraints.txt
+# setup.py compiles consumer/decode.py (mypyc): an edited decoder is rebuilt at the next make target.
+$(STAMP): pyproject.toml constraints.txt setup.py consumer/decode.py
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'

@@ -31,6 +31,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import cast
 from urllib.parse import unquote_plus
 
 import orjson
@@ -72,7 +73,7 @@ _WRAPPER_KEYS = frozenset(
 _WRAPPER_CONTENT_KEYS = ("content", "payload", "raw", "body", "data")
 _CSV_DELIMITERS = (",", ";", "|", "\t")
 
-_SURROGATE_CHARS = re.compile("[\ud800-\udfff]")
+_SURROGATE_CHARS = re.compile(f"[{chr(0xD800)}-{chr(0xDFFF)}]")  # chr(): no lone surrogates in the source
 # A JSON escape that jsonb rejects: \u0000, or a UTF-16 surrogate that is not part of a pair.
 # The leading even run of backslashes makes sure the "\u" really starts an escape ("\\u0000" is an
 # escaped backslash followed by the letters u0000, which is fine).
@@ -126,8 +127,9 @@ class _Fail(Exception):
 # --------------------------------------------------------------------------------------------
 
 
-def decode_payload(raw: str | None, *, is_json: bool, max_bytes: int = MAX_BYTES) -> Decoded:
-    """Decode the text of the lake's payload column; never raises.
+def decode_payload(raw: object, *, is_json: bool, max_bytes: int = MAX_BYTES) -> Decoded:
+    """Decode the text of the lake's payload column (a str, or None); never raises, not even on
+    another type (``object``, not ``str | None``: the compiled decoder checks declared types).
 
     ``is_json`` says the column is ``json``/``jsonb`` (``raw`` is JSON text: an object, a string, a
     number, null…); otherwise ``raw`` is plain text.
@@ -168,7 +170,7 @@ def shape_key(fmt: str, obj: object) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _decode(raw: str | None, is_json: bool, max_bytes: int, notes: list[str]) -> _Result:
+def _decode(raw: object, is_json: bool, max_bytes: int, notes: list[str]) -> _Result:
     if raw is None:
         return _EMPTY
     if not isinstance(raw, str):
@@ -219,7 +221,7 @@ def _decode_text(s: str, notes: list[str], nesting: int) -> _Result:
             notes.extend(local)
             if isinstance(value, dict):
                 return _from_object(value, text_json, notes, nesting)
-            return _items(value, text_json)
+            return _items(cast(list[object], value), text_json)  # text starting with "[": an array
     elif head == "<":
         return _built("xml", _parse_xml(text), notes)
     elif head == '"' and nesting < MAX_WRAPPER_NESTING:  # JSON-encoded twice
@@ -490,7 +492,7 @@ def _xml_to_object(root: etree._Element) -> dict[str, object]:
             mixed = _mixed_text(element, children)
             if mixed:
                 attributes["#text"] = mixed
-            stack.extend((child, attributes, depth + 1) for child in reversed(children))
+            stack.extend((child, attributes, depth + 1) for child in children[::-1])
         elif attributes:
             node = attributes
             if element.text:
@@ -696,8 +698,11 @@ def _parse_multipart(text: str) -> dict[str, object] | None:
 
 
 def _csv_records(text: str, delimiter: str) -> Iterator[list[str]]:
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
-    return (record for record in reader if record)  # blank lines are skipped
+    """The records as the caller reads them (a malformed one raises csv.Error there, in its try).
+    A generator function, not a generator expression: compiled, the latter is read at once."""
+    for record in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True):
+        if record:  # blank lines are skipped
+            yield record
 
 
 def _is_header_field(field: str) -> bool:

@@ -18,6 +18,26 @@ from consumer.decode import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _compiled_decoder_agrees(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every payload these tests decode is decoded by the compiled decoder too (when it is built:
+    tests/test_compiled_decoder.py), which must return the very same result."""
+    try:
+        from consumer import _cdecode  # type: ignore[attr-defined]
+    except ImportError:
+        return
+    source = decode_payload
+
+    def both(raw: object, **kwargs: object) -> Decoded:
+        expected = source(raw, **kwargs)  # type: ignore[arg-type]
+        got = _cdecode.decode_payload(raw, **kwargs)
+        assert (got.payload, got.payload_format, got.decode_error, got.shape_key) == (
+            expected.payload, expected.payload_format, expected.decode_error, expected.shape_key), raw
+        return expected
+
+    monkeypatch.setitem(globals(), "decode_payload", both)
+
+
 def payload_of(result: Decoded) -> dict:
     """The decoded payload as an object (numbers as Decimal), asserting it is one."""
     assert result.payload is not None, result

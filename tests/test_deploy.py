@@ -466,6 +466,19 @@ def test_the_installed_cli_runs_from_its_package_data(installed_wheel: tuple[Pat
 
 
 @pytest.mark.slow
+def test_the_wheel_decodes_with_its_compiled_decoder(installed_wheel: tuple[Path, Path], tmp_path: Path) -> None:
+    """setup.py compiles consumer/decode.py into the wheel (mypyc); the installed landing uses it."""
+    if os.environ.get("PAYNORM_COMPILE") == "0":
+        pytest.skip("PAYNORM_COMPILE=0: built without the compiled decoder")
+    names = zipfile.ZipFile(installed_wheel[0]).namelist()
+    assert any(n.startswith("consumer/_cdecode.") and n.endswith(".so") for n in names), names
+    probe = ("from consumer.landing.decoder import payload_decoder, decode_pairs; "
+             "print(payload_decoder().__module__); print(decode_pairs([('a=1&b=2', False)], 100)[0][1])")
+    res = _run_installed(installed_wheel[1], "python", "-c", probe, cwd=tmp_path)
+    assert res.returncode == 0 and res.stdout.split() == ["consumer._cdecode", "nvp"], res.stdout + res.stderr
+
+
+@pytest.mark.slow
 def test_the_image_demo_runs_from_the_installed_wheel(installed_wheel: tuple[Path, Path], tmp_path: Path) -> None:
     """deploy/docker/demo.sh (the image's paynorm-demo): a local cluster, a generated lake, one full
     cycle and the summary, with nothing but the installed package and the PostgreSQL binaries."""
