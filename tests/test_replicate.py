@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 import threading
 import time
@@ -459,6 +460,33 @@ def test_integer_keys_snapshot_in_many_chunks(env: Env) -> None:
     with env.wh_conn() as wh:
         keys = sorted(int(k) for (k,) in wh.execute("select lake_key from raw.lake_transactions").fetchall())
     assert keys == list(range(1, 46))
+
+
+@pytest.mark.parametrize("decode_process", [True, False])
+def test_the_snapshot_decodes_alike_in_a_worker_or_here(env: Env, decode_process: bool,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """A snapshot of full chunks hands their payloads to the decode worker (started at the first
+    full chunk); either way every row lands as decode_payload makes it."""
+    payloads = [json.dumps({"amount": "1.10", "status": "approved"}),
+                json.dumps("<r><status>OK</status><amount>2.20</amount></r>"),
+                json.dumps("status=declined&amount=3.30"), json.dumps("{broken"), json.dumps([1, 2])]
+    with env.lake_conn() as lake:
+        for i in range(10):
+            insert_rows(lake, 50, start=i * 50, payload=payloads[i % len(payloads)])
+    with caplog.at_level(logging.INFO, logger="consumer.sources.postgres.snapshot"):
+        run_once(env, decode_process=decode_process, snapshot_chunk=120)
+    done = [r for r in caplog.records if r.getMessage().startswith("snapshot done")]
+    assert len(done) == 1 and (done[0].chunks_decoded_elsewhere > 0) is decode_process  # type: ignore[attr-defined]
+    with env.wh_conn() as wh:
+        landed = wh.execute("select payload::text, payload_format, decode_error, shape_key,"
+                            " (raw.row_image(row_data, payload_key, payload)->'data')::text"
+                            " from raw.lake_transactions").fetchall()
+    assert len(landed) == 500
+    for payload, fmt, error, shape, raw in landed:
+        d = decode_payload(raw, is_json=True)
+        assert (fmt, error, shape) == (d.payload_format, d.decode_error, d.shape_key)
+        assert (json.loads(payload) if payload else None) == (json.loads(d.payload) if d.payload else None)
+    env.assert_converged()
 
 
 @pytest.mark.parametrize("decode_process", [True, False])

@@ -175,7 +175,7 @@ def _session(settings: Settings, pool: ConnectionPool, fence: Fence, *, once: bo
             if not state.snapshot_done:
                 copied = run_snapshot(lake_conn, pool, fence, table, state, source=settings.source_tag,
                                       chunk=settings.snapshot_chunk, max_payload_bytes=settings.max_payload_bytes,
-                                      stop=stop)
+                                      stop=stop, decode_process=settings.decode_process)
                 if copied is None:
                     return ApplyStats()
                 snapshot_rows = copied

@@ -8,12 +8,13 @@ interrupted snapshot resumes where it stopped.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import psycopg
 from psycopg import sql
@@ -23,7 +24,7 @@ from ... import landing
 from ...ops import metrics
 from ...ops.progress import Progress
 from ...faults import crashpoint
-from ...landing import LandingBatch, stage, tombstone_source
+from ...landing import DecodeWorker, LandingBatch, LandingRow, payload_pairs, stage, stage_rows, tombstone_source
 from .cdc import Fence, ReplicationState
 from .lake import KEYSET_ALIAS, LakeTable, keyset_columns, pk_params, rows_from_text, text_select_list
 
@@ -37,6 +38,11 @@ def _select_chunk(table: LakeTable, has_cursor: bool) -> sql.Composed:
     if has_cursor:
         query += sql.SQL(" where ({}) > ({})").format(sql.SQL(", ").join(pk), pk_params(table))
     return query + sql.SQL(" order by {} limit %s").format(sql.SQL(", ").join(pk))
+
+
+def _stage_decoded(rows: list[LandingRow], max_bytes: int, decoded: Future[Any]) -> list[tuple[Any, ...]]:
+    """A chunk's staged records, once the decode worker has decoded its payloads."""
+    return stage_rows(rows, max_bytes, decoded.result())
 
 
 @dataclass
@@ -58,7 +64,7 @@ class _SnapshotCursor:
 
 def run_snapshot(lake_conn: psycopg.Connection, pool: ConnectionPool, fence: Fence, table: LakeTable,
                  state: ReplicationState, *, source: str, chunk: int, max_payload_bytes: int,
-                 stop: threading.Event) -> int | None:
+                 stop: threading.Event, decode_process: bool = False) -> int | None:
     """Copy the table (resuming at the saved cursor); rows copied by this call, None when stopped."""
     assert state.snapshot_lsn is not None
     lsn = state.snapshot_lsn
@@ -80,8 +86,10 @@ def run_snapshot(lake_conn: psycopg.Connection, pool: ConnectionPool, fence: Fen
                     "rows_done": done, "resumed": cursor is not None})
     batch = LandingBatch(source, max_payload_bytes)
 
-    def write_chunk(records: list[tuple[Any, ...]], cursor: list[str], done: int) -> int:
-        """The writer thread: one chunk and the keyset cursor after it, in one warehouse transaction."""
+    def write_chunk(staging: Callable[[], list[tuple[Any, ...]]], cursor: list[str], done: int) -> int:
+        """The writer thread: one chunk (staged now: its decode may still run in the decode worker)
+        and the keyset cursor after it, in one warehouse transaction."""
+        records = staging()
         with pool.connection() as conn:
             landing.commit(conn, records, _SnapshotCursor(state.slot_name, cursor, done), fence=fence, source=source)
         metrics.ROWS_LANDED.labels("S").inc(len(records))
@@ -92,14 +100,18 @@ def run_snapshot(lake_conn: psycopg.Connection, pool: ConnectionPool, fence: Fen
         query = _select_chunk(table, after is not None)
         return lake_conn.execute(query, [*(after or []), chunk]).fetchall()
 
-    # Three stages overlap: the lake reads chunk N+1 (reader thread) while this thread decodes
-    # chunk N and the warehouse writes chunk N-1 (writer thread). Chunks commit in order, so the
-    # saved cursor always follows the rows committed before it. Only the reader uses lake_conn
+    # The stages overlap: the lake reads chunk N+1 (reader thread) while this thread converts
+    # chunk N and the warehouse writes chunk N-1 (writer thread); with decode_process, chunk N's
+    # payloads are decoded in the decode worker meanwhile (started at the first full chunk: a
+    # small table is not worth a process) and the writer stages them. Chunks commit in order, so
+    # the saved cursor always follows the rows committed before it. Only the reader uses lake_conn
     # until the loop ends.
     pending: Future[int] | None = None
+    elsewhere = 0  # chunks handed to the decode worker
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="paynorm-snapshot-writer") as writer, \
-                ThreadPoolExecutor(max_workers=1, thread_name_prefix="paynorm-snapshot-reader") as reader:
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="paynorm-snapshot-reader") as reader, \
+                DecodeWorker(max_payload_bytes, start=False) as decoder:
             next_records: Future[list[tuple[Any, ...]]] | None = reader.submit(fetch, cursor)
             while next_records is not None and not stop.is_set():
                 records = next_records.result()
@@ -109,10 +121,18 @@ def run_snapshot(lake_conn: psycopg.Connection, pool: ConnectionPool, fence: Fen
                 cursor = [str(v) for v in records[-1][: len(table.pk)]]
                 if len(records) == chunk:
                     next_records = reader.submit(fetch, cursor)
+                    if decode_process:
+                        decoder.start()
                 batch.clear()
                 for row in rows_from_text(table, records, op="S", lsn=lsn):
                     batch.add(row)
-                staged = stage(batch)
+                if decoder.alive:
+                    elsewhere += 1
+                    rows = list(batch.rows.values())
+                    staged = functools.partial(_stage_decoded, rows, max_payload_bytes,
+                                               decoder.submit(payload_pairs(rows)))
+                else:
+                    staged = functools.partial(list, stage(batch))
                 done += len(records)
                 if pending is not None:
                     progress.update(pending.result())
@@ -133,5 +153,5 @@ def run_snapshot(lake_conn: psycopg.Connection, pool: ConnectionPool, fence: Fen
                               _SnapshotCursor(state.slot_name, None, done), fence=fence)
     log.info("snapshot done: %s rows landed%s", f"{done:,}", f", {gone:,} stale rows tombstoned" if gone else "",
              extra={"slot": state.slot_name, "table": table.qualified, "lsn": lsn, "rows_done": done,
-                    "rows_copied": done - start, "rows_tombstoned": gone})
+                    "rows_copied": done - start, "rows_tombstoned": gone, "chunks_decoded_elsewhere": elsewhere})
     return done - start
