@@ -41,7 +41,7 @@ def _compiled_decoder() -> list:
     os.chdir(COPY_ROOT)  # mypyc names modules from the working directory: consumer._cdecode
     try:
         extensions = mypycify(["--ignore-missing-imports", "consumer/_cdecode.py"], opt_level="3")
-    except BaseException as exc:  # noqa: BLE001 - mypyc exits through SystemExit on a type error
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - mypyc exits through SystemExit on a type error
         print(f"paynorm: mypyc failed ({exc!r}), the payload decoder stays pure Python", file=sys.stderr)
         return []
     finally:

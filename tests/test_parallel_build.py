@@ -184,7 +184,7 @@ def test_narrowed_row_image_builds_what_the_whole_image_builds(wh: Warehouse, mo
         assert res.success, res.summary()
         compiled = next((wh.home / "dbt" / "target" / "compiled").rglob("int_transactions_normalized.sql")).read_text()
         narrowed = "jsonb_build_object('source', case when s.payload_key = 'source'" in compiled
-        whole = "s.row_columns || jsonb_build_object(s.payload_key, s.payload)" in compiled
+        whole = '"raw".row_image(s.row_columns, s.payload_key, s.payload)' in compiled
         assert narrowed == narrow and whole == (not narrow)
         builds[narrow] = {m: _snapshot(wh, m) for m in models}
     for m in models:

@@ -462,30 +462,44 @@ def test_integer_keys_snapshot_in_many_chunks(env: Env) -> None:
     assert keys == list(range(1, 46))
 
 
+#: One payload of every kind the decoder tells apart: JSON, XML and name=value in a jsonb string,
+#: broken JSON, a top-level array.
+PAYLOAD_KINDS = [json.dumps({"amount": "1.10", "status": "approved"}),
+                 json.dumps("<r><status>OK</status><amount>2.20</amount></r>"),
+                 json.dumps("status=declined&amount=3.30"), json.dumps("{broken"), json.dumps([1, 2])]
+
+
+def insert_payload_kinds(env: Env, groups: int, size: int) -> None:
+    with env.lake_conn() as lake:
+        for i in range(groups):
+            insert_rows(lake, size, start=i * size, payload=PAYLOAD_KINDS[i % len(PAYLOAD_KINDS)])
+
+
+def assert_landed_as_decoded(env: Env, rows: int) -> None:
+    """Every landed row is what decode_payload makes of its payload column (payload, format, error,
+    shape key), the column's JSON text being what wal2json and the snapshot read."""
+    with env.wh_conn() as wh:
+        landed = wh.execute("select payload::text, payload_format, decode_error, shape_key,"
+                            " (raw.row_image(row_data, payload_key, payload)->'data')::text"
+                            " from raw.lake_transactions").fetchall()
+    assert len(landed) == rows
+    for payload, fmt, error, shape, raw in landed:
+        d = decode_payload(raw, is_json=True)
+        assert (fmt, error, shape) == (d.payload_format, d.decode_error, d.shape_key)
+        assert (json.loads(payload) if payload else None) == (json.loads(d.payload) if d.payload else None)
+
+
 @pytest.mark.parametrize("decode_process", [True, False])
 def test_the_snapshot_decodes_alike_in_a_worker_or_here(env: Env, decode_process: bool,
                                                         caplog: pytest.LogCaptureFixture) -> None:
     """A snapshot of full chunks hands their payloads to the decode worker (started at the first
     full chunk); either way every row lands as decode_payload makes it."""
-    payloads = [json.dumps({"amount": "1.10", "status": "approved"}),
-                json.dumps("<r><status>OK</status><amount>2.20</amount></r>"),
-                json.dumps("status=declined&amount=3.30"), json.dumps("{broken"), json.dumps([1, 2])]
-    with env.lake_conn() as lake:
-        for i in range(10):
-            insert_rows(lake, 50, start=i * 50, payload=payloads[i % len(payloads)])
+    insert_payload_kinds(env, 10, 50)
     with caplog.at_level(logging.INFO, logger="consumer.sources.postgres.snapshot"):
         run_once(env, decode_process=decode_process, snapshot_chunk=120)
     done = [r for r in caplog.records if r.getMessage().startswith("snapshot done")]
     assert len(done) == 1 and (done[0].chunks_decoded_elsewhere > 0) is decode_process  # type: ignore[attr-defined]
-    with env.wh_conn() as wh:
-        landed = wh.execute("select payload::text, payload_format, decode_error, shape_key,"
-                            " (raw.row_image(row_data, payload_key, payload)->'data')::text"
-                            " from raw.lake_transactions").fetchall()
-    assert len(landed) == 500
-    for payload, fmt, error, shape, raw in landed:
-        d = decode_payload(raw, is_json=True)
-        assert (fmt, error, shape) == (d.payload_format, d.decode_error, d.shape_key)
-        assert (json.loads(payload) if payload else None) == (json.loads(d.payload) if d.payload else None)
+    assert_landed_as_decoded(env, 500)
     env.assert_converged()
 
 
@@ -494,22 +508,9 @@ def test_the_stream_decodes_alike_in_a_worker_or_here(env: Env, decode_process: 
     """Payloads of every format, decoded in the decode worker or in the consumer's own thread, land
     as decode_payload makes them (payload, format, error, shape key), in several batches."""
     run_once(env)  # snapshot of an empty table; what follows comes from the stream
-    payloads = [json.dumps({"amount": "1.10", "status": "approved"}),
-                json.dumps("<r><status>OK</status><amount>2.20</amount></r>"),
-                json.dumps("status=declined&amount=3.30"), json.dumps("{broken"), json.dumps([1, 2])]
-    with env.lake_conn() as lake:
-        for i in range(25):
-            insert_rows(lake, 100, start=i * 100, payload=payloads[i % len(payloads)])
+    insert_payload_kinds(env, 25, 100)
     result = run_once(env, decode_process=decode_process, batch_size=300)
     # the first full batch decodes here while the worker starts; the worker decodes the later ones
     assert result.stats is not None
     assert (result.stats.batches_decoded_elsewhere > 0) is decode_process
-    with env.wh_conn() as wh:
-        landed = wh.execute("select payload::text, payload_format, decode_error, shape_key,"
-                            " (raw.row_image(row_data, payload_key, payload)->'data')::text"
-                            " from raw.lake_transactions").fetchall()
-    assert len(landed) == 2500
-    for payload, fmt, error, shape, raw in landed:
-        d = decode_payload(raw, is_json=True)  # the column's JSON text, as wal2json sends it
-        assert (fmt, error, shape) == (d.payload_format, d.decode_error, d.shape_key)
-        assert (json.loads(payload) if payload else None) == (json.loads(d.payload) if d.payload else None)
+    assert_landed_as_decoded(env, 2500)

@@ -40,6 +40,11 @@ def _select_chunk(table: LakeTable, has_cursor: bool) -> sql.Composed:
     return query + sql.SQL(" order by {} limit %s").format(sql.SQL(", ").join(pk))
 
 
+def _staged_already(records: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """A chunk staged (and decoded) by the snapshot's own thread."""
+    return records
+
+
 def _stage_decoded(rows: list[LandingRow], max_bytes: int, decoded: Future[Any]) -> list[tuple[Any, ...]]:
     """A chunk's staged records, once the decode worker has decoded its payloads."""
     return stage_rows(rows, max_bytes, decoded.result())
@@ -132,7 +137,7 @@ def run_snapshot(lake_conn: psycopg.Connection, pool: ConnectionPool, fence: Fen
                     staged = functools.partial(_stage_decoded, rows, max_payload_bytes,
                                                decoder.submit(payload_pairs(rows)))
                 else:
-                    staged = functools.partial(list, stage(batch))
+                    staged = functools.partial(_staged_already, stage(batch))
                 done += len(records)
                 if pending is not None:
                     progress.update(pending.result())
