@@ -1,7 +1,7 @@
 """Fault injection for the crash tests: ``PAYNORM_CRASHPOINT=after_commit:3`` makes the process
 SIGKILL itself (no cleanup) the 3rd time it reaches that point. Unset in production: then
-``crashpoint`` is a dictionary lookup. Points: ``snapshot_chunk``, ``before_commit``,
-``after_commit`` (CDC), ``file_chunk``, ``file_before_commit`` (files)."""
+``crashpoint`` is a dictionary lookup. Points: ``slot_created``, ``snapshot_chunk``,
+``before_commit``, ``after_commit`` (CDC), ``file_chunk``, ``file_before_commit`` (files)."""
 
 from __future__ import annotations
 

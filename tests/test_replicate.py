@@ -14,7 +14,7 @@ from psycopg import sql
 
 from consumer.decode import decode_payload
 from consumer.sources.postgres.cdc import load_state
-from consumer.sources.postgres.replicate import EXIT_FENCED, EXIT_OK, EXIT_SLOT_LOST, replicate
+from consumer.sources.postgres.replicate import EXIT_CONFIG, EXIT_FENCED, EXIT_OK, EXIT_SLOT_LOST, replicate
 
 from .conftest import Env, insert_rows
 
@@ -324,6 +324,42 @@ def test_once_exit_code_and_sigterm(env: Env) -> None:
     assert "SIGTERM received" in out
     run_once(env)
     env.assert_converged()
+
+
+def test_a_slot_left_half_made_is_created_again_and_a_foreign_one_refused(env: Env) -> None:
+    """Killed between creating its slot and writing the slot's state (as a lake shutdown in that
+    window does), the next run re-creates its own slot; a same-named slot it never meant to create
+    is refused, not taken over."""
+    with env.lake_conn() as lake:
+        insert_rows(lake, 30)
+    proc = env.spawn("replicate", "--once", PAYNORM_CRASHPOINT="slot_created")
+    out = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode == -9, out
+    with env.lake_conn() as lake:
+        assert lake.execute("select count(*) from pg_replication_slots where slot_name = %s",
+                            (env.slot,)).fetchone()[0] == 1
+    with env.wh_conn() as wh:
+        assert load_state(wh, env.slot) is None
+    with env.lake_conn() as lake:
+        insert_rows(lake, 20, start=1000)
+    run_once(env)
+    env.assert_converged()
+    with env.wh_conn() as wh:
+        assert wh.execute("select count(*) from paynorm.slot_intents").fetchone()[0] == 0
+
+    other = env.slot + "_foreign"
+    with env.lake_conn() as lake:
+        lake.execute("select pg_create_logical_replication_slot(%s, 'wal2json')", (other,))
+    try:
+        result = replicate(env.settings(slot=other), once=True, max_attempts=3)
+        assert result.exit_code == EXIT_CONFIG, result.message
+        assert "already exists on the lake" in result.message
+        with env.lake_conn() as lake:
+            assert lake.execute("select count(*) from pg_replication_slots where slot_name = %s",
+                                (other,)).fetchone()[0] == 1
+    finally:
+        with env.lake_conn() as lake:
+            lake.execute("select pg_drop_replication_slot(%s)", (other,))
 
 
 def test_lake_restart_mid_stream(env: Env) -> None:

@@ -130,6 +130,14 @@ create table if not exists paynorm.replication_state (
     owner_token        text,                     -- fencing nonce of the consumer that holds the slot
     updated_at         timestamptz not null default now()
 );
+-- A slot this warehouse is about to create on the lake, recorded before it is created: a crash (or a lake
+-- shutdown) between creating the slot and writing its state above leaves this row, so the next run knows
+-- the slot it finds is its own half-made one (no change was read from it) and creates it again.
+create table if not exists paynorm.slot_intents (
+    slot_name   text primary key,
+    lake_table  text not null,
+    created_at  timestamptz not null default now()
+);
 -- The lake table's identity as the CDC consumer last checked it (OID, row type version, payload column):
 -- a rename, a drop and re-create or a payload column gone stops the consumer before it confirms past it.
 alter table paynorm.replication_state add column if not exists lake_relation jsonb;

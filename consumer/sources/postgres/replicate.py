@@ -13,6 +13,7 @@ from psycopg_pool import ConnectionPool
 
 from ...errors import (EXIT_CONFIG, EXIT_FENCED, EXIT_OK, EXIT_SLOT_LOST, ConfigError, FencedError, PaynormError,
                        SlotLostError, require_dsn)
+from ...faults import crashpoint
 from ...landing import init_warehouse
 from ...landing.connection import check_connection, open_pool
 from ...secrets import redact_dsn
@@ -46,13 +47,18 @@ def _prepare(settings: Settings, pool: ConnectionPool, fence: Fence, lake_conn: 
         raise lakemod.LakeError(f"slot {settings.slot!r} replicates {state.lake_table} in this warehouse, not "
                                 f"{table.qualified}: use another --slot per lake table")
     if resnapshot or state is None:
-        if slot is not None and not resnapshot:
+        with pool.connection() as conn:
+            half_made = _record_slot_intent(conn, settings.slot, table.qualified)
+        if slot is not None and not (resnapshot or half_made):
             raise lakemod.LakeError(
                 f"slot {settings.slot!r} already exists on the lake but this warehouse has no state for it; "
                 f"run with --resnapshot to recreate it, or choose another --slot")
         if slot is not None:
+            if half_made and not resnapshot:
+                log.info("slot %s was left half-made by an earlier run: creating it again", settings.slot)
             lakemod.drop_slot(lake_conn, settings.slot)
         l0 = lakemod.create_slot(lake_conn, settings.slot)
+        crashpoint("slot_created")  # the slot exists on the lake; the warehouse has only the intent
         with pool.connection() as conn:
             with conn.transaction():
                 conn.execute(
@@ -68,6 +74,7 @@ def _prepare(settings: Settings, pool: ConnectionPool, fence: Fence, lake_conn: 
                     """,
                     {"slot": settings.slot, "table": table.qualified, "l0": l0, "token": fence.token},
                 )
+                conn.execute("delete from paynorm.slot_intents where slot_name = %s", (settings.slot,))
     else:
         lakemod.check_slot(lake_conn, settings.slot)
     with pool.connection() as conn:
@@ -75,6 +82,22 @@ def _prepare(settings: Settings, pool: ConnectionPool, fence: Fence, lake_conn: 
         state = load_state(conn, settings.slot)
     assert state is not None
     return state
+
+
+def _record_slot_intent(conn: psycopg.Connection, slot: str, lake_table: str) -> bool:
+    """Record (committed) that this warehouse is about to create ``slot``; True when an earlier run
+    had recorded it already and never wrote the slot's state, i.e. any such slot is its own."""
+    with conn.transaction():
+        earlier = conn.execute("select 1 from paynorm.slot_intents where slot_name = %s for update",
+                               (slot,)).fetchone()
+        conn.execute(
+            """
+            insert into paynorm.slot_intents (slot_name, lake_table) values (%s, %s)
+            on conflict (slot_name) do update set lake_table = excluded.lake_table, created_at = now()
+            """,
+            (slot, lake_table),
+        )
+    return earlier is not None
 
 
 def replicate(settings: Settings, *, once: bool = False, resnapshot: bool = False,
